@@ -1,0 +1,90 @@
+"""Command line: `python -m mtk <command>`.
+
+    data               generate the default SynthVOCA dataset (and the smoke one)
+    reproduce          run every notebook with the default preset; regenerate figures/
+    strip-notebooks    clear outputs and execution counts of notebooks (before committing)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+
+def _notebooks() -> list[Path]:
+    from .paths import home
+    return sorted((home() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def cmd_data(args) -> None:
+    from .synthvoca import SynthConfig, generate
+    for cfg in (SynthConfig.default(), SynthConfig.smoke()):
+        t = time.time()
+        path = generate(cfg)
+        print(f"{cfg.name}: {path} ({time.time() - t:.1f} s)")
+
+
+def cmd_reproduce(args) -> None:
+    """Execute the notebooks in order (default preset), saving executed copies under runs/notebooks/."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from .paths import runs_dir
+    os.environ["MTK_SMOKE"] = "0"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    cmd_data(args)
+    out_dir = runs_dir() / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    chosen = [nb for nb in _notebooks() if not args.only or any(nb.name.startswith(o) for o in args.only)]
+    for nb_path in chosen:
+        t = time.time()
+        print(f"running {nb_path.name} ...", flush=True)
+        nb = nbformat.read(nb_path, as_version=4)
+        NotebookClient(nb, timeout=None, kernel_name="python3",
+                       resources={"metadata": {"path": str(nb_path.parent)}}).execute()
+        nbformat.write(nb, out_dir / nb_path.name)
+        print(f"  done in {time.time() - t:.0f} s -> {out_dir / nb_path.name}", flush=True)
+
+
+def strip_notebook(path: Path) -> bool:
+    """Clear outputs, execution counts and widget state. Returns True if the file changed."""
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    before = nbformat.writes(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs, cell.execution_count = [], None
+        cell.metadata.pop("execution", None)
+    nb.metadata.pop("widgets", None)
+    after = nbformat.writes(nb)
+    if after != before:
+        path.write_text(after)
+    return after != before
+
+
+def cmd_strip(args) -> None:
+    for p in args.paths or _notebooks():
+        if strip_notebook(Path(p)):
+            print(f"stripped {p}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m mtk", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("data", help="generate the SynthVOCA datasets").set_defaults(fn=cmd_data)
+    p = sub.add_parser("reproduce", help="run every notebook with the default preset")
+    p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")
+    p.set_defaults(fn=cmd_reproduce)
+    p = sub.add_parser("strip-notebooks", help="clear notebook outputs")
+    p.add_argument("paths", nargs="*")
+    p.set_defaults(fn=cmd_strip)
+    args = parser.parse_args(argv)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,246 @@
+"""How SynthVOCA turns phonemes into face motion: visemes, an articulation basis, coarticulation.
+
+Pipeline (all deterministic given the speaker's style and a seed):
+
+    phoneme intervals --(PHONEME_VISEME)--> viseme segments
+        --(VISEME_TARGETS, speaker style)--> per-segment articulator targets
+        --(dominance-function coarticulation)--> articulator curves (T, 6)
+        --(+ rest pose, asymmetry, brows, blinks, noise)--> basis weights (T, K)
+        --(basis fields on the template)--> vertex offsets (T, V, 3)
+
+The articulation basis is a set of K displacement fields on the procedural
+template (`basis_fields`), each the motion for one unit of activation:
+
+    jaw         rotation of the lower face about the jaw hinge axis, per radian
+    round_l/r   lip rounding and protrusion (corners in, lips forward), left/right half
+    spread_l/r  lip spreading (corners out and back)
+    close_l/r   bilabial closure (lips pressed together)
+    tuck_l/r    labiodental tuck (lower lip up and behind the upper teeth)
+    raise_l/r   upper-lip raise
+    brow        both brows and the forehead up (stressed syllables)
+    blink       both upper eyelids down
+
+Lip fields are split into left and right halves by a smooth partition of unity,
+so a speaker's left-right asymmetry is just different weights on the halves.
+
+Coarticulation follows the dominance model of Cohen & Massaro (1993): every
+segment i pulls articulator a towards its target T_ia with a dominance
+D_ia(t) = alpha_ia * exp(-(|t - c_i| / tau_i)^gamma), and the curve is
+sum_i D_ia T_ia / sum_i D_ia. Bilabial closure and labiodental tuck are highly
+dominant (lips must meet), alveolars barely constrain the lips (they take their
+neighbours' lip shape), so rounding spreads across consonants as in real speech.
+A speaker's stiffness narrows tau (less coarticulation), and the anticipatory
+lead moves every segment centre earlier (the face moves before the sound).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .template import EYE_X, EYE_Y, HINGE, MOUTH_HALF_WIDTH, MOUTH_Y, Template, _smoothstep
+
+# --------------------------------------------------------------------------- visemes
+# One viseme per mouth shape, close to the 15 visemes of MPEG-4 / Oculus OVR,
+# with schwa split from the open vowels.
+VISEMES = ("sil", "PP", "FF", "TH", "DD", "kk", "CH", "SS", "nn", "RR", "aa", "E", "I", "O", "U", "@")
+
+# espeak-ng English phoneme mnemonics (stress marks ' and , stripped) -> viseme(s).
+# Diphthongs and affricate-like vowels list two visemes: the segment is split in
+# half, the first half takes the first shape and the second half the second.
+PHONEME_VISEME: dict[str, tuple[str, ...]] = {
+    # pauses
+    "_": ("sil",), "_:": ("sil",), "_!": ("sil",), "_^_": ("sil",), "||": ("sil",), "|": ("sil",),
+    # bilabials, labiodentals, dentals
+    "p": ("PP",), "b": ("PP",), "m": ("PP",),
+    "f": ("FF",), "v": ("FF",),
+    "T": ("TH",), "D": ("TH",),
+    # alveolars and velars
+    "t": ("DD",), "d": ("DD",), "t#": ("DD",), "d#": ("DD",), "t2": ("DD",), "d2": ("DD",), "?": ("DD",),
+    "n": ("nn",), "n-": ("nn",), "l": ("nn",), "l/": ("nn",), "l/2": ("nn",), "L": ("nn",), "l#": ("nn",),
+    "k": ("kk",), "g": ("kk",), "N": ("kk",), "x": ("kk",), "h": ("kk",),
+    "s": ("SS",), "z": ("SS",),
+    # post-alveolars (protruded lips)
+    "S": ("CH",), "Z": ("CH",), "tS": ("CH",), "dZ": ("CH",),
+    # approximants
+    "r": ("RR",), "r-": ("RR",), "*": ("RR",), "R": ("RR",),
+    "w": ("U",), "W": ("U",), "j": ("I",), ";": ("I",),   # ";" is the linking y-glide ("the apple")
+    # vowels: open
+    "a": ("aa",), "a#": ("aa",), "A:": ("aa",), "A@": ("aa", "RR"), "aa": ("aa",), "A": ("aa",), "V": ("aa",),
+    # mid front
+    "E": ("E",), "e": ("E",), "E2": ("E",), "E@": ("E", "@"), "e@": ("E", "@"), "3": ("@",), "3:": ("RR",),
+    # close front
+    "I": ("I",), "I2": ("I",), "I#": ("I",), "i": ("I",), "i:": ("I",), "i@": ("I", "@"), "i@3": ("I", "RR"),
+    # back rounded
+    "0": ("O",), "O": ("O",), "O:": ("O",), "O@": ("O", "RR"), "O2": ("O",), "o@": ("O", "RR"),
+    "u": ("U",), "u:": ("U",), "U": ("U",), "U@": ("U", "@"), "u@": ("U", "@"),
+    # central
+    "@": ("@",), "@2": ("@",), "@5": ("@",), "@L": ("@", "nn"), "@r": ("@", "RR"),
+    # diphthongs
+    "aI": ("aa", "I"), "aI@": ("aa", "I"), "aI3": ("aa", "RR"), "aU": ("aa", "U"), "aU@": ("aa", "U"),
+    "eI": ("E", "I"), "oU": ("O", "U"), "OI": ("O", "I"), "eU": ("E", "U"), "aI@3": ("aa", "RR"),
+}
+PHONEMES = tuple(sorted(PHONEME_VISEME))          # the phoneme label vocabulary (index = label id)
+PAUSES = frozenset({"_", "_:", "_!", "_^_", "||", "|"})
+
+
+def strip_stress(ph: str) -> tuple[str, int]:
+    """espeak-ng 1.52 marks stress in the name: "'eI" primary, ",aU" secondary. -> (name, 2|1|0)."""
+    stress = 2 if "'" in ph else 1 if "," in ph else 0
+    return ph.replace("'", "").replace(",", ""), stress
+
+
+ARTICULATORS = ("jaw", "round", "spread", "close", "tuck", "raise")
+#                       jaw(rad) round spread close tuck raise
+VISEME_TARGETS = {
+    "sil": np.array([0.015, 0.00, 0.00, 0.00, 0.0, 0.00]),
+    "PP":  np.array([0.020, 0.05, 0.00, 1.00, 0.0, 0.00]),
+    "FF":  np.array([0.040, 0.00, 0.10, 0.00, 1.0, 0.30]),
+    "TH":  np.array([0.070, 0.00, 0.25, 0.00, 0.0, 0.10]),
+    "DD":  np.array([0.060, 0.00, 0.15, 0.00, 0.0, 0.00]),
+    "kk":  np.array([0.080, 0.00, 0.05, 0.00, 0.0, 0.00]),
+    "CH":  np.array([0.050, 0.75, 0.00, 0.00, 0.0, 0.30]),
+    "SS":  np.array([0.035, 0.00, 0.45, 0.00, 0.0, 0.10]),
+    "nn":  np.array([0.055, 0.00, 0.10, 0.00, 0.0, 0.00]),
+    "RR":  np.array([0.060, 0.55, 0.00, 0.00, 0.0, 0.10]),
+    "aa":  np.array([0.170, 0.00, 0.15, 0.00, 0.0, 0.20]),
+    "E":   np.array([0.120, 0.00, 0.55, 0.00, 0.0, 0.15]),
+    "I":   np.array([0.060, 0.00, 0.85, 0.00, 0.0, 0.10]),
+    "O":   np.array([0.130, 0.80, 0.00, 0.00, 0.0, 0.05]),
+    "U":   np.array([0.050, 1.00, 0.00, 0.00, 0.0, 0.00]),
+    "@":   np.array([0.080, 0.00, 0.10, 0.00, 0.0, 0.05]),
+}
+# Dominance alpha per viseme and articulator: how strongly a segment holds each one.
+_HI, _MID, _LO = 1.0, 0.5, 0.12
+VISEME_DOMINANCE = {
+    "sil": np.array([_MID, _LO, _LO, _LO, _LO, _LO]),
+    "PP":  np.array([_HI, _LO, _LO, 3.0, _LO, _LO]),
+    "FF":  np.array([_HI, _LO, _LO, _LO, 3.0, _MID]),
+    "TH":  np.array([_MID, _LO, _LO, _LO, _LO, _LO]),
+    "DD":  np.array([_MID, _LO, _LO, _LO, _LO, _LO]),
+    "kk":  np.array([_MID, _LO, _LO, _LO, _LO, _LO]),
+    "CH":  np.array([_MID, _HI, _MID, _LO, _LO, _MID]),
+    "SS":  np.array([_MID, _LO, _MID, _LO, _LO, _LO]),
+    "nn":  np.array([_MID, _LO, _LO, _LO, _LO, _LO]),
+    "RR":  np.array([_MID, _HI, _LO, _LO, _LO, _LO]),
+    "aa":  np.array([_HI, _MID, _MID, _MID, _MID, _MID]),
+    "E":   np.array([_HI, _MID, _HI, _MID, _MID, _MID]),
+    "I":   np.array([_HI, _MID, _HI, _MID, _MID, _MID]),
+    "O":   np.array([_HI, _HI, _MID, _MID, _MID, _MID]),
+    "U":   np.array([_HI, _HI, _MID, _MID, _MID, _MID]),
+    "@":   np.array([_MID, _LO, _LO, _MID, _MID, _LO]),
+}
+
+# --------------------------------------------------------------------------- basis
+BASIS = ("jaw", "round_l", "round_r", "spread_l", "spread_r", "close_l", "close_r",
+         "tuck_l", "tuck_r", "raise_l", "raise_r", "brow", "blink")
+LIP_FIELDS = ("round", "spread", "close", "tuck", "raise")
+
+
+def basis_fields(template: Template) -> np.ndarray:
+    """Displacement fields (K, V, 3) in metres for unit activations of `BASIS`.
+
+    Defined on the procedural template's rest geometry (any resolution); the
+    weights are smooth functions of position in face coordinates, so they hold
+    for every speaker of one topology. Needs the masks `mouth_slit_upper`/`lower`.
+    """
+    P = template.vertices.astype(np.float64)                    # (V, 3)
+    x, y, z = P[:, 0], P[:, 1], P[:, 2]
+    V = len(P)
+    up_slit, lo_slit = template.mask("mouth_slit_upper"), template.mask("mouth_slit_lower")
+    front = _smoothstep(-0.02, 0.04, z)                          # front of the head
+    hw = MOUTH_HALF_WIDTH
+    # which side of the mouth a vertex belongs to: +1 upper lip, -1 lower lip
+    side = np.where(y >= MOUTH_Y, 1.0, -1.0)
+    side[up_slit], side[lo_slit] = 1.0, -1.0
+    # how open the slit may get along the mouth: 1 in the middle, 0 at the corners
+    across = np.clip(1 - (np.abs(x) / hw) ** 2, 0, 1)
+    # the lip zone: the lips and the skin around them, fading over ~1.5 cm
+    r_lip = np.sqrt((x / (hw * 1.25)) ** 2 + ((y - MOUTH_Y) / 0.022) ** 2)
+    lipzone = np.exp(-0.5 * (r_lip / 0.95) ** 4) * front
+    left = 0.5 * (1 + np.tanh(x / 0.006))                         # partition of unity, left half
+
+    # jaw: the lower lip and everything below the mouth rotate about the hinge axis
+    ramp_near = _smoothstep(MOUTH_Y + 0.0005, MOUTH_Y - 0.010, y)   # sharp under the lips
+    ramp_far = _smoothstep(MOUTH_Y + 0.012, MOUTH_Y - 0.030, y)     # gentle in the cheeks
+    near = np.clip(across * 1.6, 0, 1) * (np.abs(x) < hw)
+    w_jaw = near * ramp_near + (1 - near) * ramp_far
+    w_jaw[lo_slit] = np.clip(across[lo_slit] * 1.6, 0, 1)
+    w_jaw[up_slit] = 0.0
+    w_jaw *= _smoothstep(-0.055, 0.0, z - HINGE[2]) * (1 - _smoothstep(0.062, 0.085, np.abs(x)) * 0.7)
+    r = P - np.array([0.0, HINGE[1], HINGE[2]])
+    jaw = np.stack([np.zeros(V), -r[:, 2], r[:, 1]], 1) * w_jaw[:, None]   # omega x r, omega = +x
+
+    lipd = lipzone * (0.35 + 0.65 * across)
+    sx = np.sign(x) * np.clip(np.abs(x) / hw, 0, 1.2)
+    fields = {
+        # forward 8 mm, corners 6 mm inwards, lips apart 1 mm (an "o")
+        "round": np.stack([-0.006 * sx * lipzone, 0.001 * side * lipd, 0.008 * lipd], 1),
+        # corners out 6 mm, back 2 mm and up 1 mm
+        "spread": np.stack([0.007 * sx * lipzone, 0.001 * np.abs(sx) * lipzone, -0.002 * np.abs(sx) * lipzone], 1),
+        # each lip 3.5 mm towards the other, pressed back 1 mm
+        "close": np.stack([np.zeros(V), -0.0035 * side * lipd * _lipnear(y), -0.001 * lipd * _lipnear(y)], 1),
+        # lower lip up 4 mm and back 5 mm
+        "tuck": np.stack([np.zeros(V), 0.004 * (side < 0) * lipd * _lipnear(y),
+                          -0.005 * (side < 0) * lipd * _lipnear(y)], 1),
+        # upper lip up 3 mm, forward 1 mm
+        "raise": np.stack([np.zeros(V), 0.003 * (side > 0) * lipd, 0.001 * (side > 0) * lipd], 1),
+    }
+    out = {"jaw": jaw}
+    for k, f in fields.items():
+        out[f"{k}_l"] = f * left[:, None]
+        out[f"{k}_r"] = f * (1 - left)[:, None]
+    # brows: 5 mm up at the brows, fading onto the forehead and the upper lids
+    ex = np.abs(x)
+    w_brow = np.exp(-0.5 * (((ex - EYE_X) / 0.024) ** 2 + ((y - (EYE_Y + 0.018)) / 0.016) ** 2)) * front
+    out["brow"] = np.stack([np.zeros(V), 0.005 * w_brow, 0.0005 * w_brow], 1)
+    # blink: the upper lid closes 9 mm down over the eye, the lower lid rises 1.5 mm
+    r_eye = ((ex - EYE_X) / 0.013) ** 2 + ((y - EYE_Y) / 0.010) ** 2
+    in_eye = np.exp(-0.5 * r_eye ** 2) * front
+    upper_lid = _smoothstep(EYE_Y - 0.004, EYE_Y + 0.004, y)
+    out["blink"] = np.stack([np.zeros(V), (-0.009 * upper_lid + 0.0015 * (1 - upper_lid)) * in_eye,
+                             0.001 * in_eye], 1)
+    return np.stack([out[k] for k in BASIS]).astype(np.float32)
+
+
+def _lipnear(y):
+    """Weight of motions that act on the lip edges only (closure, tuck): 1 within 1 cm of the mouth line."""
+    return np.exp(-0.5 * ((y - MOUTH_Y) / 0.009) ** 2)
+
+
+# --------------------------------------------------------------------------- coarticulation
+def viseme_segments(phonemes):
+    """Phoneme intervals [(start_s, end_s, name_with_stress), ...] -> viseme segments.
+
+    Returns a list of (start_s, end_s, viseme, stress, phoneme_index). Unknown
+    phonemes raise a KeyError naming them, so a new espeak-ng version cannot
+    silently lose a sound.
+    """
+    segs = []
+    for i, (t0, t1, ph) in enumerate(phonemes):
+        name, stress = strip_stress(ph)
+        if name not in PHONEME_VISEME:
+            raise KeyError(f"phoneme {ph!r} (stripped {name!r}) has no viseme in mtk.articulation.PHONEME_VISEME")
+        vis = PHONEME_VISEME[name]
+        edges = np.linspace(t0, t1, len(vis) + 1)
+        for k, v in enumerate(vis):
+            segs.append((float(edges[k]), float(edges[k + 1]), v, stress, i))
+    return segs
+
+
+def coarticulate(segments, times, targets, dominance, stiffness=1.0, lead=0.0, gamma=1.5):
+    """Articulator curves (T, A) from segments with per-segment targets (N, A) and dominances (N, A).
+
+    times (T,) seconds. tau_i = (0.045 s + 0.35 d_i) / stiffness on the
+    anticipatory side and 0.8 times that on the carry-over side; centres move
+    `lead` seconds earlier. The division is regularised by a weak rest pull.
+    """
+    starts = np.array([s[0] for s in segments])
+    ends = np.array([s[1] for s in segments])
+    c = 0.5 * (starts + ends) - lead                               # (N,)
+    tau = (0.045 + 0.35 * (ends - starts)) / stiffness            # (N,)
+    dt = times[:, None] - c[None, :]                               # (T, N)
+    tau_side = np.where(dt < 0, tau[None, :], 0.8 * tau[None, :])
+    d = np.exp(-((np.abs(dt) / tau_side) ** gamma))               # (T, N)
+    D = d[:, :, None] * dominance[None]                            # (T, N, A)
+    num = (D * targets[None]).sum(1)
+    den = D.sum(1) + 1e-4
+    return num / den                                               # (T, A)

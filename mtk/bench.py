@@ -1,0 +1,207 @@
+"""Benchmarks: `python -m mtk.bench <command> [options]`.
+
+Each sub-command is a function `fn(argv) -> exit code` registered in
+`COMMANDS`; it parses its own options, so adding one (e.g. `inference`) is
+one function and one dict entry.
+
+    python -m mtk.bench metrics            # evaluate() on a VOCA-sized test set
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from typing import Callable, Sequence
+
+import numpy as np
+
+# constants
+
+FPS = 30
+N_VERTICES = 5023  # FLAME topology
+N_TEST_SEQS = 40
+N_TRAIN_SEQS = 40
+N_FRAMES = 150  # 5 s at 30 fps
+N_LIPS, N_UPPER, N_LOWER = 250, 827, 1500  # FLAME lips (250 unique), forehead+eyes, lower face
+METRICS_TARGET_S = 5.0
+
+
+# synthetic VOCA-like data
+
+
+def _face_template(rng: np.random.Generator) -> np.ndarray:
+    """A head-sized ellipsoid of N_VERTICES points, (V, 3), metres."""
+    u = rng.normal(size=(N_VERTICES, 3))
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    return u * np.array([0.075, 0.10, 0.09])  # semi-axes x (width), y (height), z (depth)
+
+
+def _face_masks(template: np.ndarray) -> dict[str, np.ndarray]:
+    """Lips, upper face and lower face index sets on the front of the head."""
+    front = np.flatnonzero(template[:, 2] > 0.02)  # facing the camera (+z)
+    mouth = np.array([0.0, -0.045, 0.08])
+    by_mouth = np.argsort(np.linalg.norm(template - mouth, axis=1))
+    lips = by_mouth[:N_LIPS]
+    lips = np.sort(np.concatenate([lips, lips[:4]]))  # 254 entries, 250 unique, like FLAME `lips`
+    by_height = front[np.argsort(template[front, 1])]  # low to high
+    upper, lower = np.sort(by_height[-N_UPPER:]), np.sort(by_height[:N_LOWER])
+    return {"lips": lips, "upper_face": upper, "lower_face": lower}
+
+
+def _motion_basis(rng: np.random.Generator, template: np.ndarray, n_basis: int = 40) -> np.ndarray:
+    """Smooth spatial displacement fields, (n_basis, V, 3), peaks <= 3 mm.
+
+    Gaussian bumps (2-3 cm wide) around front vertices, 3/4 of them on the
+    lower face, each moving its neighbourhood along one direction, with
+    gains decaying like a PCA spectrum; the upper face moves less.
+    """
+    front = np.flatnonzero(template[:, 2] > 0.02)
+    low = front[template[front, 1] < -0.02]
+    high = front[template[front, 1] > 0.02]
+    basis = np.empty((n_basis, len(template), 3))
+    for b in range(n_basis):
+        on_lower = b % 4 != 3
+        centre = template[rng.choice(low if on_lower else high)]
+        width = rng.uniform(0.02, 0.03)
+        weight = np.exp(-np.sum((template - centre) ** 2, axis=1) / (2 * width**2))  # (V,)
+        direction = rng.normal(size=3)
+        direction /= np.linalg.norm(direction)
+        gain = (1.0 if on_lower else 0.2) / (1 + b / 8)
+        basis[b] = gain * 3e-3 * weight[:, None] * direction  # (V, 3)
+    return basis
+
+
+def _smooth_curves(rng: np.random.Generator, n_frames: int, n_curves: int) -> np.ndarray:
+    """Sums of random 0.5-5 Hz sinusoids, (T, n_curves), unit-scale."""
+    t = np.arange(n_frames)[:, None, None] / FPS  # (T, 1, 1)
+    freq = rng.uniform(0.5, 5.0, size=(1, n_curves, 4))
+    phase = rng.uniform(0, 2 * np.pi, size=(1, n_curves, 4))
+    amp = rng.uniform(0.5, 1.5, size=(1, n_curves, 4))
+    return (amp * np.sin(2 * np.pi * freq * t + phase)).sum(axis=2) / 2  # (T, n_curves)
+
+
+def make_metrics_data(seed: int = 0) -> dict:
+    """Seeded VOCA-sized data: test preds/gts, train gts, templates, masks.
+
+    40 test and 40 training sequences of 150 frames over 5,023 vertices,
+    float32 like network outputs, with smooth millimetre-scale motion
+    (40 Gaussian-bump fields driven by 0.5-5 Hz curves); 8 subjects with
+    their own templates.  Predictions are the ground truth delayed by 1-2
+    frames, damped to 85 %, plus smooth noise at 30 % of the motion scale;
+    every 5th is one frame longer than its ground truth.
+    """
+    rng = np.random.default_rng(seed)
+    base = _face_template(rng)
+    masks = _face_masks(base)
+    basis = _motion_basis(rng, base)  # (n_basis, V, 3)
+    n_basis = len(basis)
+    subjects = [base * rng.uniform(0.95, 1.05, size=3) for _ in range(8)]  # (V, 3) each
+
+    def sequence(coef: np.ndarray, template: np.ndarray) -> np.ndarray:
+        disp = coef @ basis.reshape(n_basis, -1)  # (T, V*3)
+        return (template.reshape(1, -1) + disp).astype(np.float32).reshape(len(coef), -1, 3)  # (T, V, 3)
+
+    def split(n_seqs: int, with_preds: bool):
+        gts, preds, tmpls = [], [], []
+        for k in range(n_seqs):
+            template = subjects[k % len(subjects)]
+            coef = _smooth_curves(rng, N_FRAMES + 3, n_basis)  # (T+3, n_basis)
+            gts.append(sequence(coef[3:], template))
+            tmpls.append(template.astype(np.float32))
+            if with_preds:
+                lag = 1 + k % 2
+                extra = 1 if k % 5 == 0 else 0
+                noise = 0.3 * _smooth_curves(rng, N_FRAMES + extra, n_basis)
+                pred_coef = 0.85 * coef[3 - lag : 3 - lag + N_FRAMES + extra] + noise
+                preds.append(sequence(pred_coef, template))
+        return gts, preds, tmpls
+
+    train_gts, _, train_tmpls = split(N_TRAIN_SEQS, with_preds=False)
+    gts, preds, tmpls = split(N_TEST_SEQS, with_preds=True)
+    return {
+        "preds": preds,
+        "gts": gts,
+        "templates": tmpls,
+        "train_gts": train_gts,
+        "train_templates": train_tmpls,
+        "masks": masks,
+    }
+
+
+# sub-commands
+
+
+def bench_metrics(argv: Sequence[str] = ()) -> int:
+    """Time `mtk.metrics.evaluate` (all metrics, DTW and FID included)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m mtk.bench metrics",
+        description=f"Time evaluate() on {N_TEST_SEQS} seqs x {N_FRAMES} frames x {N_VERTICES} vertices.",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; best is kept")
+    args = parser.parse_args(list(argv))
+
+    from mtk import metrics
+
+    t0 = time.perf_counter()
+    data = make_metrics_data(args.seed)
+    masks = data["masks"]
+    t1 = time.perf_counter()
+    extractor = metrics.MotionFeatureExtractor.fit(
+        data["train_gts"], data["train_templates"], masks["lower_face"]
+    )
+    t2 = time.perf_counter()
+    print(
+        f"data: {N_TEST_SEQS} test + {N_TRAIN_SEQS} train seqs x {N_FRAMES} frames x {N_VERTICES} vertices "
+        f"(lips {len(masks['lips'])}, upper {len(masks['upper_face'])}, lower {len(masks['lower_face'])}), "
+        f"built in {t1 - t0:.2f} s"
+    )
+    print(f"extractor fitted in {t2 - t1:.2f} s: {extractor.describe()}")
+
+    def run():
+        return metrics.evaluate(
+            data["preds"], data["gts"], {"lips": masks["lips"], "upper_face": masks["upper_face"]},
+            templates=data["templates"], extractor=extractor,
+        )
+
+    result = run()  # warm-up
+    times = []
+    for _ in range(max(1, args.repeats)):
+        start = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - start)
+    best = min(times)
+    print(result.to_markdown())
+    ok = best < METRICS_TARGET_S
+    print(
+        f"evaluate: best of {len(times)} = {best:.3f} s (runs {', '.join(f'{t:.3f}' for t in times)}); "
+        f"target < {METRICS_TARGET_S:g} s on 2 cores ({os.cpu_count()} here): {'OK' if ok else 'TOO SLOW'}"
+    )
+    return 0 if ok else 1
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "metrics": bench_metrics,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    available = ", ".join(sorted(COMMANDS))
+    parser = argparse.ArgumentParser(
+        prog="python -m mtk.bench",
+        description="mtk benchmarks",
+        epilog=f"available sub-commands: {available}; '<command> --help' shows its options",
+    )
+    parser.add_argument("command", nargs="?", help=f"sub-command, one of: {available}")
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="options of the sub-command")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.error(f"missing sub-command; available: {available}")
+    if args.command not in COMMANDS:
+        parser.error(f"unknown sub-command {args.command!r}; available: {available}")
+    return COMMANDS[args.command](args.args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,403 @@
+"""Datasets: SynthVOCA and the real VOCASET behind one `Sequence` interface, a torch Dataset and collate.
+
+The VOCASET protocol of FaceFormer, CodeTalker, SelfTalk and MemoryTalker
+(`baselines.md` section 1): vertices recorded at 60 fps are subsampled `[::2]` to
+30 fps; audio is 16 kHz mono; 8 train / 2 validation / 2 test speakers; train
+speakers use sentences 1-40, validation and test speakers sentences 21-40. Test
+speakers are never seen in training. SynthVOCA follows the same protocol (its
+raw weights are at 60 fps too), and its evaluation sentences are the second
+half of each speaker's list; the first half of a test speaker is the
+"reference" part (Imitator adapts its style code on it; nobody evaluates on it).
+
+What a `FaceDataset` item holds (one clip):
+
+    audio      (N,) float32, 16 kHz mono
+    vertices   (T, V*3) float32, metres, 30 fps
+    template   (V*3,) float32, metres
+    speaker    int, index into the training speakers (-1 for unseen speakers)
+    one_hot    (n_train,) float32 (all zeros for unseen speakers)
+    phonemes   (T,) int64, index into `articulation.PHONEMES`, -1 where unknown
+    subject, sentence, name
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import warnings
+from dataclasses import dataclass, field
+from math import gcd
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .template import Template
+
+FPS = 30
+SAMPLE_RATE = 16000
+
+VOCASET_SUBJECTS = {
+    "train": ["FaceTalk_170728_03272_TA", "FaceTalk_170904_00128_TA", "FaceTalk_170725_00137_TA",
+              "FaceTalk_170915_00223_TA", "FaceTalk_170811_03274_TA", "FaceTalk_170913_03279_TA",
+              "FaceTalk_170904_03276_TA", "FaceTalk_170912_03278_TA"],
+    "val": ["FaceTalk_170811_03275_TA", "FaceTalk_170908_03277_TA"],
+    "test": ["FaceTalk_170809_00138_TA", "FaceTalk_170731_00024_TA"],
+}
+VOCASET_SENTENCES = {"train": range(1, 41), "val": range(21, 41), "test": range(21, 41)}
+# VOCASET lacks 7 of its 480 sequences (CodeTalker issue #42; Imitator's 473 weight files).
+VOCASET_KNOWN_MISSING = frozenset({
+    "FaceTalk_170811_03274_TA_sentence01", "FaceTalk_170811_03274_TA_sentence02",
+    "FaceTalk_170811_03274_TA_sentence24", "FaceTalk_170913_03279_TA_sentence12",
+    "FaceTalk_170913_03279_TA_sentence38", "FaceTalk_170912_03278_TA_sentence11",
+    "FaceTalk_170809_00138_TA_sentence32",
+})
+
+
+# --------------------------------------------------------------------------- audio io
+def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Read a sound file as mono float32 at `sample_rate` (downmixes channels, resamples with resample_poly)."""
+    import soundfile as sf
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: audio file not found")
+    try:
+        x, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # noqa: BLE001 - soundfile raises several types; rethrow with the file name
+        raise ValueError(f"{path}: cannot read audio ({e})") from e
+    return to_mono_16k(x, sr, source=str(path), sample_rate=sample_rate)
+
+
+def to_mono_16k(x: np.ndarray, sr: int, source: str = "audio", sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """(N,) or (N, C) samples at `sr` -> (N',) float32 mono at `sample_rate`."""
+    from scipy.signal import resample_poly
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 2:
+        # soundfile gives (N, C); a (C, N) array with few rows is transposed
+        if x.shape[0] <= 8 < x.shape[1]:
+            x = x.T
+        x = x.mean(axis=1)
+    elif x.ndim != 1:
+        raise ValueError(f"{source}: audio has shape {x.shape}, expected (N,) or (N, channels)")
+    if sr <= 0:
+        raise ValueError(f"{source}: sample rate {sr}, expected a positive number")
+    if sr != sample_rate:
+        g = gcd(int(sr), sample_rate)
+        x = resample_poly(x, sample_rate // g, int(sr) // g).astype(np.float32)
+    return x
+
+
+# --------------------------------------------------------------------------- sequences
+@dataclass
+class Sequence:
+    """One clip of one speaker; audio and vertices are read lazily."""
+
+    name: str
+    subject: str
+    sentence: int
+    split: str
+    speaker: int                                   # index into the training speakers, -1 if unseen
+    template: Template
+    _audio: Callable[[], np.ndarray] = field(repr=False)
+    _vertices: Callable[[], np.ndarray] = field(repr=False)
+    phoneme_intervals: list[tuple[float, float, str]] | None = field(default=None, repr=False)
+    text: str | None = None
+
+    def audio(self) -> np.ndarray:
+        """(N,) float32 at 16 kHz."""
+        return self._audio()
+
+    def vertices(self) -> np.ndarray:
+        """(T, V, 3) float32 metres at 30 fps."""
+        return self._vertices()
+
+    def phoneme_labels(self, n_frames: int) -> np.ndarray:
+        """(T,) int64 phoneme id per frame (the phoneme sounding at frame time t / 30), -1 if unknown."""
+        from .articulation import PHONEMES, strip_stress
+        if not self.phoneme_intervals:
+            return np.full(n_frames, -1, np.int64)
+        starts = np.array([p[0] for p in self.phoneme_intervals])
+        ids = np.array([PHONEMES.index(strip_stress(p[2])[0]) for p in self.phoneme_intervals])
+        k = np.clip(np.searchsorted(starts, np.arange(n_frames) / FPS, side="right") - 1, 0, len(ids) - 1)
+        return ids[k]
+
+
+class SynthVOCA:
+    """A generated SynthVOCA dataset (see `mtk.synthvoca`); vertices = template + weights @ basis."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{self.root}: not a SynthVOCA dataset (no meta.json); "
+                                    "generate one with mtk.synthvoca.generate()")
+        self.meta = json.loads(meta_path.read_text())
+        from .synthvoca import FORMAT_VERSION, load_speakers, speaker_template
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{meta_path}: format_version {self.meta.get('format_version')}, expected "
+                             f"{FORMAT_VERSION}; regenerate with mtk.synthvoca.generate(overwrite=True)")
+        self.template = Template.load(self.root / "template.npz")
+        b = np.load(self.root / "basis.npz")
+        self.basis = b["fields"]                                          # (K, V, 3)
+        self.speakers = load_speakers(self.root)
+        res = self.meta["config"]["resolution"]
+        self.templates = {s.name: speaker_template(self.template, s, res) for s in self.speakers}
+        self.train_subjects = [s.name for s in self.speakers if s.split == "train"]
+        self._seq_meta = {d["name"]: d for d in self.meta["sequences"]}
+
+    def __repr__(self):
+        n = {sp: sum(s.split == sp for s in self.speakers) for sp in ("train", "val", "test")}
+        return f"SynthVOCA({self.root.name}: {len(self._seq_meta)} clips, speakers {n})"
+
+    @property
+    def config(self) -> dict:
+        return self.meta["config"]
+
+    def subjects(self, split: str) -> list[str]:
+        return [s.name for s in self.speakers if split in ("all", s.split)]
+
+    def speaker(self, subject: str):
+        return next(s for s in self.speakers if s.name == subject)
+
+    def style(self, subject: str) -> np.ndarray:
+        """The true style vector of a speaker (for oracle models and analysis)."""
+        return self.speaker(subject).style_vector()
+
+    def _npz(self, name: str):
+        path = self.root / "seq" / f"{name}.npz"
+        try:
+            return np.load(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: missing SynthVOCA clip; the dataset is incomplete, regenerate it") from None
+
+    def weights_60fps(self, name: str) -> np.ndarray:
+        return self._npz(name)["weights"]
+
+    def vertices_60fps(self, name: str) -> np.ndarray:
+        """(T60, V, 3) at the 60 fps 'capture' rate."""
+        d = self._seq_meta[name]
+        W = self.weights_60fps(name)                                      # (T60, K)
+        t = self.templates[d["subject"]].vertices                        # (V, 3)
+        return (t[None] + np.einsum("tk,kvc->tvc", W, self.basis)).astype(np.float32)
+
+    def sequences(self, split: str = "train", part: str = "protocol") -> list[Sequence]:
+        """Clips of a split ("train", "val", "test", "all").
+
+        part: "protocol" (train: every sentence; val/test: the second half, as
+        VOCASET's 21-40), "reference" (the first half of val/test speakers, held
+        out from evaluation), or "all".
+        """
+        if split not in ("train", "val", "test", "all"):
+            raise ValueError(f"split {split!r}, expected 'train', 'val', 'test' or 'all'")
+        if part not in ("protocol", "reference", "all"):
+            raise ValueError(f"part {part!r}, expected 'protocol', 'reference' or 'all'")
+        n = self.meta["config"]["sentences_per_speaker"]
+        out = []
+        for d in self.meta["sequences"]:
+            spk = self.speaker(d["subject"])
+            if split not in ("all", spk.split):
+                continue
+            second_half = d["sentence"] > n // 2
+            if spk.split != "train" and part != "all" and second_half != (part == "protocol"):
+                continue
+            if spk.split == "train" and part == "reference":
+                continue
+            out.append(self._sequence(d, spk))
+        return out
+
+    def _sequence(self, d: dict, spk) -> Sequence:
+        name = d["name"]
+
+        def audio(name=name):
+            return self._npz(name)["audio"].astype(np.float32) / 32767.0
+
+        def vertices(name=name):
+            return self.vertices_60fps(name)[::2]
+
+        z = self._npz(name)
+        phon = [(float(a), float(b), str(c)) for a, b, c in zip(z["ph_start"], z["ph_end"], z["ph_name"])]
+        speaker = self.train_subjects.index(spk.name) if spk.name in self.train_subjects else -1
+        return Sequence(name, spk.name, d["sentence"], spk.split, speaker, self.templates[spk.name],
+                        audio, vertices, phon, d["text"])
+
+    def extractor(self):
+        """The FID motion-feature extractor saved with the dataset."""
+        from .metrics import MotionFeatureExtractor
+        return MotionFeatureExtractor.load(self.root / "fid_extractor.npz")
+
+
+class VOCASET:
+    """FaceFormer-processed VOCASET (or any dataset in that layout, e.g. an exported SynthVOCA).
+
+        root/vertices_npy/<subject>_sentenceNN.npy   (T60, V*3) float, metres, 60 fps
+        root/wav/<subject>_sentenceNN.wav            any sample rate, mono or stereo
+        root/templates.pkl                           {subject: (V, 3)}
+        root/FLAME_sample.ply, root/FLAME_masks.pkl  optional: faces and region masks
+        root/mtk_template.npz                        optional: faces and masks (exported SynthVOCA)
+
+    Vertex files are memory-mapped, so a full VOCASET never sits in RAM at once.
+    """
+
+    def __init__(self, root: str | Path, subjects: dict[str, list[str]] | None = None,
+                 sentences: dict[str, range] | None = None, known_missing=VOCASET_KNOWN_MISSING,
+                 strict: bool = True):
+        self.root = Path(root)
+        self.subjects_by_split = subjects or VOCASET_SUBJECTS
+        self.sentence_ranges = sentences or VOCASET_SENTENCES
+        need = [self.root / "vertices_npy", self.root / "wav", self.root / "templates.pkl"]
+        missing = [str(p) for p in need if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"VOCASET at {self.root} is incomplete; missing: {missing}. Expected the "
+                                    "FaceFormer-processed layout (vertices_npy/, wav/, templates.pkl); see README 'Data'.")
+        with open(self.root / "templates.pkl", "rb") as f:
+            try:
+                self._templates_raw = pickle.load(f, encoding="latin1")
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"{self.root / 'templates.pkl'}: cannot unpickle ({e})") from e
+        self.template = self._base_template()
+        self.train_subjects = list(self.subjects_by_split["train"])
+        self.templates: dict[str, Template] = {}
+        for subs in self.subjects_by_split.values():
+            for s in subs:
+                if s not in self._templates_raw:
+                    raise KeyError(f"{self.root / 'templates.pkl'} has no template for subject {s!r}")
+                v = np.asarray(self._templates_raw[s], np.float32)
+                if v.size != self.template.V * 3:
+                    raise ValueError(f"{self.root / 'templates.pkl'}[{s!r}] has shape {v.shape}, expected "
+                                     f"({self.template.V}, 3)")
+                self.templates[s] = self.template.with_vertices(v.reshape(-1, 3), name=s)
+        self._index = self._scan(known_missing, strict)
+
+    def _base_template(self) -> Template:
+        first = next(iter(self._templates_raw.values()))
+        if (self.root / "mtk_template.npz").exists():
+            return Template.load(self.root / "mtk_template.npz")
+        ply = self.root / "FLAME_sample.ply"
+        masks = self.root / "FLAME_masks.pkl"
+        return Template.from_flame(first, ply if ply.exists() else None, masks if masks.exists() else None)
+
+    def _scan(self, known_missing, strict):
+        found, skipped, absent = {}, [], []
+        V3 = self.template.V * 3
+        for split, subs in self.subjects_by_split.items():
+            for subj in subs:
+                for k in self.sentence_ranges[split]:
+                    name = f"{subj}_sentence{k:02d}"
+                    npy, wav = self.root / "vertices_npy" / f"{name}.npy", self.root / "wav" / f"{name}.wav"
+                    if not npy.exists() or not wav.exists():
+                        (skipped if name in known_missing else absent).append(name)
+                        continue
+                    try:
+                        arr = np.load(npy, mmap_mode="r")
+                    except Exception as e:  # noqa: BLE001
+                        raise ValueError(f"{npy}: unreadable vertex file ({e}); expected a (T, {V3}) float array") from e
+                    if arr.ndim != 2 or arr.shape[1] != V3 or arr.shape[0] < 2:
+                        raise ValueError(f"{npy}: vertex array has shape {arr.shape}, expected (T>=2, {V3}) "
+                                         f"= (frames at 60 fps, {self.template.V} vertices x 3)")
+                    found[name] = (split, subj, k, npy, wav)
+        if skipped:
+            warnings.warn(f"VOCASET: skipping {len(skipped)} known-missing sequences: {sorted(skipped)}", stacklevel=3)
+        if absent:
+            msg = f"VOCASET at {self.root}: {len(absent)} sequences missing: {sorted(absent)[:20]}" + \
+                  (" ..." if len(absent) > 20 else "")
+            if strict:
+                raise FileNotFoundError(msg + " (pass strict=False to skip them with a warning)")
+            warnings.warn(msg + "; skipped", stacklevel=3)
+        return found
+
+    def subjects(self, split: str) -> list[str]:
+        return [s for sp, subs in self.subjects_by_split.items() for s in subs if split in ("all", sp)]
+
+    def sequences(self, split: str = "train", part: str = "protocol") -> list[Sequence]:
+        """Clips of a split; part "protocol" uses the standard sentence ranges (the only one VOCASET has)."""
+        if part != "protocol":
+            raise ValueError(f"VOCASET has only the 'protocol' part, got {part!r}")
+        out = []
+        for name, (sp, subj, k, npy, wav) in self._index.items():
+            if split not in ("all", sp):
+                continue
+            spk = self.train_subjects.index(subj) if subj in self.train_subjects else -1
+
+            def vertices(npy=npy):
+                arr = np.load(npy, mmap_mode="r")[::2]                     # 60 -> 30 fps, still memory-mapped
+                return np.array(arr, dtype=np.float32).reshape(len(arr), -1, 3)   # a copy of these frames only
+
+            out.append(Sequence(name, subj, k, sp, spk, self.templates[subj],
+                                lambda wav=wav: load_audio(wav), vertices))
+        return out
+
+
+# --------------------------------------------------------------------------- torch
+class FaceDataset(torch.utils.data.Dataset):
+    """Sequences as dicts of tensors (see the module docstring), for a DataLoader with `collate`."""
+
+    def __init__(self, sequences: list[Sequence], n_train_speakers: int, cache: bool = False):
+        self.sequences = list(sequences)
+        self.n_train = n_train_speakers
+        self._cache: dict[int, dict] | None = {} if cache else None
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> dict:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        s = self.sequences[i]
+        verts = s.vertices()                                              # (T, V, 3)
+        T = len(verts)
+        one_hot = np.zeros(self.n_train, np.float32)
+        if s.speaker >= 0:
+            one_hot[s.speaker] = 1.0
+        item = dict(audio=torch.from_numpy(np.ascontiguousarray(s.audio(), dtype=np.float32)),
+                    vertices=torch.from_numpy(verts.reshape(T, -1)),
+                    template=torch.from_numpy(s.template.vertices.reshape(-1).copy()),
+                    speaker=s.speaker, one_hot=torch.from_numpy(one_hot),
+                    phonemes=torch.from_numpy(s.phoneme_labels(T)),
+                    subject=s.subject, sentence=s.sentence, name=s.name)
+        if self._cache is not None:
+            self._cache[i] = item
+        return item
+
+
+def collate(batch: list[dict]) -> dict:
+    """Pad a list of items into a batch.
+
+    audio (B, N_max) with audio_mask (B, N_max) bool; vertices (B, T_max, V*3)
+    with frame_mask (B, T_max) bool (True = real frame); phonemes (B, T_max),
+    padded with -1; template (B, V*3); speaker (B,); one_hot (B, n_train).
+    """
+    B = len(batch)
+    n_audio = [len(b["audio"]) for b in batch]
+    n_frames = [len(b["vertices"]) for b in batch]
+    Na, T, D = max(n_audio), max(n_frames), batch[0]["vertices"].shape[1]
+    audio = torch.zeros(B, Na)
+    audio_mask = torch.zeros(B, Na, dtype=torch.bool)
+    verts = torch.zeros(B, T, D)
+    frame_mask = torch.zeros(B, T, dtype=torch.bool)
+    phon = torch.full((B, T), -1, dtype=torch.long)
+    for i, b in enumerate(batch):
+        audio[i, :n_audio[i]] = b["audio"]
+        audio_mask[i, :n_audio[i]] = True
+        verts[i, :n_frames[i]] = b["vertices"]
+        frame_mask[i, :n_frames[i]] = True
+        phon[i, :n_frames[i]] = b["phonemes"]
+    return dict(audio=audio, audio_mask=audio_mask, vertices=verts, frame_mask=frame_mask, phonemes=phon,
+                template=torch.stack([b["template"] for b in batch]),
+                speaker=torch.tensor([b["speaker"] for b in batch]),
+                one_hot=torch.stack([b["one_hot"] for b in batch]),
+                n_frames=torch.tensor(n_frames), subject=[b["subject"] for b in batch],
+                sentence=[b["sentence"] for b in batch], name=[b["name"] for b in batch])
+
+
+def load_dataset(name_or_root: str | Path = "default", progress: bool = True):
+    """The dataset most notebooks start from.
+
+    "default" / "smoke": SynthVOCA with that preset, generated on first use;
+    a path: a SynthVOCA folder (has meta.json) or a VOCASET folder.
+    """
+    from .synthvoca import SynthConfig, generate
+    if str(name_or_root) in ("default", "smoke"):
+        cfg = SynthConfig.smoke() if str(name_or_root) == "smoke" else SynthConfig.default()
+        return SynthVOCA(generate(cfg, progress=progress))
+    root = Path(name_or_root)
+    return SynthVOCA(root) if (root / "meta.json").exists() else VOCASET(root)

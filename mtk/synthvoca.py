@@ -1,0 +1,496 @@
+"""SynthVOCA: the kit's embedded default dataset, generated in code and mirroring VOCASET.
+
+VOCASET (12 speakers, FLAME meshes at 60 fps, 16 kHz audio) needs a registration
+to download, and pretrained speech encoders need the Hugging Face hub. SynthVOCA
+stands in for both so that the whole story of MemoryTalker can run on a laptop:
+
+* speech: espeak-ng (`mtk.speech`), 12 voice variants, phoneme timings;
+* faces: the procedural template (`mtk.template`) with a per-speaker identity shape;
+* motion: phonemes -> visemes -> coarticulated articulation (`mtk.articulation`),
+  played on that speaker's face with that speaker's hidden *speaking style*.
+
+Each speaker's style (all latent factors z ~ N(0, 1), clipped to +-2.5):
+
+    factor      motion effect                          audible through (real-speech mechanism)
+    effort      mouth opening gain (with open_idio)    loudness and flatter spectral tilt (vocal effort)
+    rate        smaller excursions when fast           speaking rate: shorter articulations
+    round       lip rounding/protrusion gain           lower formants (longer vocal tract): resampling warp
+    open_idio   mouth opening gain                     -
+    spread      lip spreading gain                     -
+    stiffness   less coarticulation (sharper)          -
+    lead        motion anticipates the sound by more   -
+    rest        resting mouth aperture                 -
+    asym        left-right asymmetry of the lips       -
+    brow        brow-raise expressiveness              -
+    + per-viseme deviations (16 visemes x 6 articulators), blink rate
+
+Only the first three reach the audio, and only through `coupling` c in [0, 1]:
+the audio-side factor is a = c z + sqrt(1 - c^2) n with n ~ N(0, 1) independent
+of everything, so a has the same distribution for every c, and its correlation
+with the style is exactly c. At c = 0 the audio carries no information about
+style; at c = 1 three factors are fully audible and the rest never are. Voice
+variant and pitch are drawn independently of style (the formant warp also
+scales pitch; espeak-ng's pitch parameter compensates it).
+
+Layout on disk (compact; vertices are materialised on load):
+
+    <root>/meta.json              config, speakers (split, voice, style), sentences
+    <root>/speakers.npz           identity shapes, style vectors, per-viseme deviations
+    <root>/template.npz           the base procedural template with masks
+    <root>/basis.npz              the articulation basis fields (K, V, 3)
+    <root>/seq/<subject>_sentenceNN.npz   weights (T60, K) at 60 fps, audio int16 16 kHz, phonemes
+    <root>/fid_extractor.npz      the FID motion-feature extractor, fitted on the train split
+
+`export_vocaset_layout` writes the FaceFormer-processed VOCASET layout
+(`vertices_npy/`, `wav/`, `templates.pkl`), so the real loader reads it too.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d
+
+from . import articulation as art
+from .corpus import SENTENCES
+from .paths import data_dir
+from .speech import VOICES, pitch_for, synthesize
+from .template import IDENTITY_SHAPES, Template
+
+FORMAT_VERSION = 1
+STYLE_FACTORS = ("effort", "rate", "round", "open_idio", "spread", "stiffness", "lead", "rest", "asym", "brow")
+AUDIBLE_FACTORS = ("effort", "rate", "round")
+CAPTURE_FPS = 60           # like VOCASET's raw capture; loaders take every second frame -> 30 fps
+
+
+@dataclass
+class SynthConfig:
+    """What to generate. Presets: `smoke` (CI), `default` (the kit's dataset)."""
+
+    name: str = "default"
+    n_train: int = 8
+    n_val: int = 2
+    n_test: int = 2
+    sentences_per_speaker: int = 40
+    shared_sentences: int = 10        # read by every speaker (sentence01..): partial overlap, as in VOCASET
+    coupling: float = 1.0             # how much of the audible style factors reaches the audio, in [0, 1]
+    seed: int = 0
+    resolution: str = "default"       # procedural template resolution
+    max_words: int = 99               # only sentences with at most this many words (smoke: short clips)
+    noise: float = 1.0                # scale of the natural motion noise
+
+    @classmethod
+    def smoke(cls, **kw) -> "SynthConfig":
+        return cls(**{**dict(name="smoke", n_train=3, n_val=1, n_test=2, sentences_per_speaker=6,
+                             shared_sentences=2, resolution="smoke", max_words=7), **kw})
+
+    @classmethod
+    def default(cls, **kw) -> "SynthConfig":
+        return cls(**kw)
+
+    def __post_init__(self):
+        if not 0.0 <= self.coupling <= 1.0:
+            raise ValueError(f"SynthConfig.coupling = {self.coupling}, expected a value in [0, 1]")
+        if self.shared_sentences > self.sentences_per_speaker:
+            raise ValueError(f"shared_sentences {self.shared_sentences} > sentences_per_speaker "
+                             f"{self.sentences_per_speaker}")
+        if min(self.n_train, self.n_test) < 1 or self.n_val < 0:
+            raise ValueError("SynthConfig needs at least one train and one test speaker")
+
+    @property
+    def n_speakers(self) -> int:
+        return self.n_train + self.n_val + self.n_test
+
+    def key(self) -> str:
+        """Short hash of everything that changes the generated data: this config and the generator's code."""
+        blob = json.dumps({**asdict(self), "v": FORMAT_VERSION, "code": _generator_code_hash()}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+    def default_root(self) -> Path:
+        return data_dir() / f"synthvoca-{self.name}-{self.key()}"
+
+
+def _generator_code_hash() -> str:
+    """Hash of the modules whose code decides SynthVOCA's content, so a cached dataset never goes stale."""
+    here = Path(__file__).parent
+    h = hashlib.sha1()
+    for mod in ("synthvoca.py", "articulation.py", "speech.py", "template.py", "corpus.py"):
+        h.update((here / mod).read_bytes())
+    return h.hexdigest()[:12]
+
+
+# --------------------------------------------------------------------------- speakers
+@dataclass
+class Speaker:
+    """A synthetic speaker: identity, voice and hidden speaking style."""
+
+    name: str
+    split: str                                   # "train" | "val" | "test"
+    voice: str
+    pitch_factor: float                          # F0 relative to the voice's default, independent of style
+    z: dict[str, float]                          # latent style factors, N(0, 1)
+    audio_factors: dict[str, float]              # what reaches the audio: c z + sqrt(1-c^2) n
+    identity: list[float]
+    deviations: np.ndarray = field(repr=False)   # (16 visemes, 6 articulators), N(0, 1)
+    blink_rate: float = 0.3                      # blinks per second
+
+    # ---- motion parameters derived from the latent style
+    @property
+    def open_gain(self) -> float:
+        return float(np.exp(0.22 * (0.8 * self.z["effort"] + 0.6 * self.z["open_idio"])))
+
+    @property
+    def round_gain(self) -> float:
+        return float(np.exp(0.20 * self.z["round"]))
+
+    @property
+    def spread_gain(self) -> float:
+        return float(np.exp(0.25 * self.z["spread"]))
+
+    @property
+    def excursion(self) -> float:
+        return float(np.clip(1 - 0.10 * self.z["rate"], 0.7, 1.3))
+
+    @property
+    def stiffness(self) -> float:
+        return float(np.exp(0.25 * self.z["stiffness"]))
+
+    @property
+    def lead(self) -> float:
+        return float(np.clip(0.030 + 0.015 * self.z["lead"], 0.0, 0.075))
+
+    @property
+    def rest_jaw(self) -> float:
+        return float(np.clip(0.010 + 0.008 * self.z["rest"], 0.0, 0.035))
+
+    @property
+    def asym(self) -> float:
+        return float(np.clip(0.12 * self.z["asym"], -0.3, 0.3))
+
+    @property
+    def brow_gain(self) -> float:
+        return float(np.exp(0.35 * self.z["brow"]))
+
+    # ---- audio parameters derived from the audible factors
+    @property
+    def rate_wpm(self) -> int:
+        return int(round(170 * np.exp(0.12 * self.audio_factors["rate"])))
+
+    @property
+    def formant_scale(self) -> float:
+        return float(np.exp(-0.06 * self.audio_factors["round"]))
+
+    @property
+    def effort_gain_db(self) -> float:
+        return float(4.0 * self.audio_factors["effort"])
+
+    @property
+    def tilt(self) -> float:
+        """Pre-emphasis coefficient: higher vocal effort, flatter spectrum (more high-frequency energy)."""
+        return float(np.clip(0.45 + 0.18 * self.audio_factors["effort"], 0.0, 0.9))
+
+    def style_params(self) -> dict[str, float]:
+        names = ("open_gain", "round_gain", "spread_gain", "excursion", "stiffness", "lead", "rest_jaw",
+                 "asym", "brow_gain", "blink_rate")
+        return {k: float(getattr(self, k)) for k in names}
+
+    def style_vector(self) -> np.ndarray:
+        """The true style the oracle model is given: latent factors, blink rate, per-viseme deviations."""
+        return np.concatenate([[self.z[k] for k in STYLE_FACTORS], [self.blink_rate],
+                               self.deviations.reshape(-1)]).astype(np.float32)
+
+    def to_json(self) -> dict:
+        d = {k: getattr(self, k) for k in ("name", "split", "voice", "pitch_factor", "z", "audio_factors",
+                                            "identity", "blink_rate")}
+        d["style_params"] = self.style_params()
+        d["audio_params"] = dict(rate_wpm=self.rate_wpm, formant_scale=self.formant_scale,
+                                 effort_gain_db=self.effort_gain_db, tilt=self.tilt,
+                                 espeak_pitch=pitch_for(self.pitch_factor / self.formant_scale))
+        return d
+
+
+def make_speakers(cfg: SynthConfig) -> list[Speaker]:
+    """Draw the speakers of a dataset (deterministic from cfg.seed)."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    splits = ["train"] * cfg.n_train + ["val"] * cfg.n_val + ["test"] * cfg.n_test
+    c = cfg.coupling
+    speakers = []
+    voices = rng.permutation(np.resize(np.array(VOICES), cfg.n_speakers))
+    for i, split in enumerate(splits):
+        z = {k: float(np.clip(rng.standard_normal(), -2.5, 2.5)) for k in STYLE_FACTORS}
+        nuisance = {k: float(np.clip(rng.standard_normal(), -2.5, 2.5)) for k in AUDIBLE_FACTORS}
+        audio = {k: c * z[k] + float(np.sqrt(1 - c * c)) * nuisance[k] for k in AUDIBLE_FACTORS}
+        ident = np.clip(rng.standard_normal(len(IDENTITY_SHAPES)), -2, 2)
+        dev = rng.standard_normal((len(art.VISEMES), len(art.ARTICULATORS)))
+        speakers.append(Speaker(
+            name=f"SynthVOCA_S{i + 1:02d}", split=split, voice=str(voices[i]),
+            pitch_factor=float(rng.uniform(0.85, 1.2)), z=z, audio_factors=audio,
+            identity=[float(v) for v in ident], deviations=dev.astype(np.float32),
+            blink_rate=float(rng.uniform(0.15, 0.45))))
+    return speakers
+
+
+def assign_sentences(cfg: SynthConfig, speakers: list[Speaker]) -> dict[str, list[int]]:
+    """Corpus indices each speaker reads: `shared_sentences` read by all, the rest drawn per speaker."""
+    rng = np.random.default_rng([cfg.seed, 2])
+    pool = np.array([i for i, s in enumerate(SENTENCES) if len(s.split()) <= cfg.max_words])
+    if len(pool) < cfg.sentences_per_speaker:
+        raise ValueError(f"only {len(pool)} corpus sentences have at most {cfg.max_words} words; "
+                         f"{cfg.sentences_per_speaker} per speaker requested")
+    pool = rng.permutation(pool)
+    shared, rest = pool[:cfg.shared_sentences], pool[cfg.shared_sentences:]
+    out = {}
+    for spk in speakers:
+        own = rng.choice(rest, cfg.sentences_per_speaker - cfg.shared_sentences, replace=False)
+        out[spk.name] = [int(i) for i in np.concatenate([shared, own])]
+    return out
+
+
+# --------------------------------------------------------------------------- one utterance
+def speak(spk: Speaker, text: str, rng: np.random.Generator):
+    """Audio of one sentence in the speaker's voice, with effort applied. -> (Utterance, gain applied)."""
+    jitter_rate = float(np.exp(0.03 * rng.standard_normal()))
+    rate = int(np.clip(round(spk.rate_wpm * jitter_rate), 80, 450))
+    utt = synthesize(text, voice=spk.voice, rate=rate, pitch=pitch_for(spk.pitch_factor / spk.formant_scale),
+                     formant_scale=spk.formant_scale)
+    x = utt.audio
+    # vocal effort: flatter spectral tilt (pre-emphasis) and loudness; plus recording-level jitter
+    x = np.append(x[:1], x[1:] - spk.tilt * x[:-1]) / (1 + spk.tilt)
+    gain_db = spk.effort_gain_db + 1.5 * rng.standard_normal() - 3.0
+    x = x * np.float32(10 ** (gain_db / 20))
+    utt.audio = x.astype(np.float32)
+    return utt
+
+
+def articulate(spk: Speaker, phonemes, n_frames: int, fps: float, rng: np.random.Generator,
+               noise: float = 1.0) -> np.ndarray:
+    """Basis weights (T, K) for phoneme intervals, in this speaker's style, at `fps`."""
+    segs = art.viseme_segments(phonemes)
+    vis = [s[2] for s in segs]
+    stress = np.array([s[3] for s in segs])
+    scale = np.array([0.03, 0.25, 0.25, 0.15, 0.15, 0.15])          # size of per-viseme deviations
+    dev = spk.deviations[[art.VISEMES.index(v) for v in vis]] * scale * 0.6
+    targets = np.stack([art.VISEME_TARGETS[v] for v in vis]) + dev   # (N, 6)
+    dominance = np.stack([art.VISEME_DOMINANCE[v] for v in vis])
+    is_vowel = np.array([v in ("aa", "E", "I", "O", "U", "@") for v in vis])
+    targets[:, 0] *= 1 + 0.12 * stress * is_vowel                   # stressed vowels open wider
+    gains = np.array([spk.open_gain, spk.round_gain, spk.spread_gain, 0.6 + 0.4 * spk.open_gain, 1.0, 1.0])
+    gains[[0, 1, 2, 5]] *= spk.excursion
+    targets = np.maximum(targets * gains, 0.0)
+    targets[np.array(vis) == "sil"] = 0.0                             # silence is the rest pose
+
+    times = np.arange(n_frames) / fps
+    A = art.coarticulate(segs, times, targets, dominance, spk.stiffness, spk.lead)   # (T, 6)
+    A[:, 0] += spk.rest_jaw
+    # natural noise: slow random drift of each articulator (a few Hz)
+    sig = np.array([0.004, 0.03, 0.03, 0.02, 0.01, 0.02]) * noise
+    drift = gaussian_filter1d(rng.standard_normal((n_frames, 6)), sigma=0.06 * fps, axis=0, mode="nearest")
+    A = A + drift / (drift.std(0, keepdims=True) + 1e-9) * sig
+    A[:, 1:] = np.maximum(A[:, 1:], 0.0)
+
+    W = np.zeros((n_frames, len(art.BASIS)), np.float32)
+    W[:, art.BASIS.index("jaw")] = A[:, 0]
+    for a, f in enumerate(art.LIP_FIELDS, start=1):
+        W[:, art.BASIS.index(f"{f}_l")] = A[:, a] * (1 + spk.asym)
+        W[:, art.BASIS.index(f"{f}_r")] = A[:, a] * (1 - spk.asym)
+    # brows: a raise on each primary-stressed vowel, more for expressive speakers
+    brow = np.zeros(n_frames)
+    for (t0, t1, v, st, _), amp in zip(segs, rng.uniform(0.4, 1.0, len(segs))):
+        if st == 2 and v in ("aa", "E", "I", "O", "U", "@"):
+            brow += amp * np.exp(-0.5 * ((times - 0.5 * (t0 + t1) + spk.lead) / 0.09) ** 2)
+    W[:, art.BASIS.index("brow")] = 0.6 * spk.brow_gain * np.tanh(brow)
+    # blinks: a Poisson process; each closes in ~70 ms and opens in ~130 ms
+    blink = np.zeros(n_frames)
+    t = rng.exponential(1 / spk.blink_rate) * 0.5
+    end = times[-1] if n_frames else 0.0
+    while t < end:
+        d = times - t
+        blink = np.maximum(blink, np.where(d < 0, np.exp(-0.5 * (d / 0.035) ** 2), np.exp(-0.5 * (d / 0.065) ** 2)))
+        t += 0.25 + rng.exponential(1 / spk.blink_rate)
+    W[:, art.BASIS.index("blink")] = blink
+    return W
+
+
+# --------------------------------------------------------------------------- the dataset
+def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, overwrite: bool = False,
+             progress: bool = True) -> Path:
+    """Generate SynthVOCA into `root` (default: data/synthvoca-<name>-<hash>/) and return the path.
+
+    Deterministic from `cfg`. Writes into a temporary folder and renames it at
+    the end, so an interrupted run never leaves a half-written dataset behind.
+    """
+    from tqdm.auto import tqdm
+
+    cfg = cfg or SynthConfig.default()
+    root = Path(root) if root is not None else cfg.default_root()
+    if (root / "meta.json").exists() and not overwrite:
+        return root
+    t_start = time.time()
+    speakers = make_speakers(cfg)
+    sentences = assign_sentences(cfg, speakers)
+    base = Template.procedural(cfg.resolution)
+    B = art.basis_fields(base)                                          # (K, V, 3)
+
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=root.name + ".tmp-", dir=root.parent))
+    try:
+        (tmp / "seq").mkdir()
+        base.save(tmp / "template.npz")
+        np.savez_compressed(tmp / "basis.npz", fields=B, names=np.array(art.BASIS))
+        seq_meta = []
+        jobs = [(s, k, idx) for s in speakers for k, idx in enumerate(sentences[s.name], start=1)]
+        for spk, k, idx in tqdm(jobs, desc=f"SynthVOCA {cfg.name}", disable=not progress):
+            rng = np.random.default_rng([cfg.seed, 3, int(spk.name[-2:]), k])
+            utt = speak(spk, SENTENCES[idx], rng)
+            n60 = int(np.floor(utt.duration * CAPTURE_FPS))
+            W = articulate(spk, utt.phonemes, n60, CAPTURE_FPS, rng, cfg.noise)
+            peak = float(np.abs(utt.audio).max())
+            if peak > 1.0:   # should not happen with the gains above; never clip silently
+                raise RuntimeError(f"{spk.name} sentence {k}: audio peak {peak:.2f} > 1 would clip")
+            name = f"{spk.name}_sentence{k:02d}"
+            np.savez_compressed(
+                tmp / "seq" / f"{name}.npz", weights=W.astype(np.float32),
+                audio=np.round(utt.audio * 32767).astype(np.int16),
+                ph_start=np.array([p[0] for p in utt.phonemes], np.float32),
+                ph_end=np.array([p[1] for p in utt.phonemes], np.float32),
+                ph_name=np.array([p[2] for p in utt.phonemes]))
+            seq_meta.append(dict(name=name, subject=spk.name, sentence=k, corpus_index=idx,
+                                 text=SENTENCES[idx], frames_60fps=n60, seconds=round(utt.duration, 4)))
+        np.savez_compressed(tmp / "speakers.npz", names=np.array([s.name for s in speakers]),
+                            identity=np.array([s.identity for s in speakers], np.float32),
+                            style=np.stack([s.style_vector() for s in speakers]),
+                            deviations=np.stack([s.deviations for s in speakers]))
+        meta = dict(format_version=FORMAT_VERSION, config=asdict(cfg), key=cfg.key(), capture_fps=CAPTURE_FPS,
+                    fps=CAPTURE_FPS // 2, sample_rate=16000, basis=list(art.BASIS),
+                    style_factors=list(STYLE_FACTORS), audible_factors=list(AUDIBLE_FACTORS),
+                    speakers=[s.to_json() for s in speakers], sequences=seq_meta,
+                    generation_seconds=round(time.time() - t_start, 2))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        _fit_fid_extractor(tmp)
+        if root.exists():
+            shutil.rmtree(root)
+        os.replace(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root
+
+
+def _fit_fid_extractor(root: Path) -> None:
+    """Fit the FID feature extractor on the train split's ground truth and save it with the data."""
+    from .data import SynthVOCA
+    from .metrics import MotionFeatureExtractor
+    ds = SynthVOCA(root)
+    train = ds.sequences("train")
+    seqs = [s.vertices() for s in train]
+    tmpls = [s.template.vertices for s in train]
+    # SynthVOCA motion is exactly a combination of the 13 basis fields, about 10 of
+    # which move the lower face, so 10 components (not the 16 used for VOCASET)
+    ext = MotionFeatureExtractor.fit(seqs, tmpls, ds.template.mask("lower_face"), n_components=10)
+    ext.save(root / "fid_extractor.npz")
+
+
+# --------------------------------------------------------------------------- how audible is style?
+def audio_features(x: np.ndarray, sr: int = 16000) -> np.ndarray:
+    """A few plain acoustic features of one utterance (no learning), for `style_audibility`.
+
+    [RMS level dB, spectral tilt dB (2-5 kHz vs 0.1-1 kHz), log mean spectral
+    centroid, 8 band log-energies relative to their mean], over voiced frames.
+    """
+    from scipy.signal import stft
+    f, _, Z = stft(x, sr, nperseg=512, noverlap=352)
+    P = np.abs(Z) ** 2 + 1e-10                                          # (F, frames)
+    e = P.sum(0)
+    voiced = e > 0.1 * np.median(e[e >= np.percentile(e, 50)])
+    Pv = P[:, voiced]
+    lo, hi = Pv[(f > 100) & (f < 1000)].sum(), Pv[(f > 2000) & (f < 5000)].sum()
+    cent = ((f[:, None] * Pv).sum(0) / Pv.sum(0)).mean()
+    edges = (100, 300, 600, 1000, 1600, 2400, 3400, 5000, 8000)
+    bands = np.log([Pv[(f >= a) & (f < b)].sum(0).mean() for a, b in zip(edges[:-1], edges[1:])])
+    return np.concatenate([[10 * np.log10(np.mean(x ** 2) + 1e-12), 10 * np.log10(hi / lo), np.log(cent)],
+                           bands - bands.mean()])
+
+
+def style_audibility(coupling: float, n_speakers: int = 36, sentences=(0, 5, 10), seed: int = 1) -> dict[str, float]:
+    """How well a speaker's audible style factors can be predicted from their audio alone.
+
+    Draws `n_speakers` speakers at this coupling, synthesises the same few
+    sentences for each, averages `audio_features` (plus the log duration of each
+    sentence relative to the other speakers: the speaking rate) per speaker, and
+    fits a ridge regression from features to each factor z_k. Reported: the
+    leave-one-speaker-out R^2 per factor (0 = chance, 1 = perfect; negative is
+    worse than predicting the mean). Deterministic.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    cfg = SynthConfig(n_train=n_speakers, n_val=0, n_test=1, coupling=coupling, seed=seed)
+    speakers = make_speakers(cfg)[:n_speakers]
+    feats, durs = [], []
+    for spk in speakers:
+        rng = np.random.default_rng([seed, 4])
+        utts = [speak(spk, SENTENCES[i], rng) for i in sentences]
+        feats.append(np.mean([audio_features(u.audio) for u in utts], 0))
+        durs.append([u.duration for u in utts])
+    logd = np.log(np.array(durs))
+    X = np.column_stack([np.array(feats), (logd - logd.mean(0)).mean(1)])
+    X = (X - X.mean(0)) / (X.std(0) + 1e-9)
+    out = {}
+    for k in AUDIBLE_FACTORS:
+        y = np.array([s.z[k] for s in speakers])
+        pred = cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), X, y, cv=LeaveOneOut())
+        out[k] = float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return out
+
+
+def load_speakers(root: str | Path) -> list[Speaker]:
+    """The speakers of a generated dataset, with their hidden style."""
+    root = Path(root)
+    meta = json.loads((root / "meta.json").read_text())
+    z = np.load(root / "speakers.npz")
+    out = []
+    for i, d in enumerate(meta["speakers"]):
+        out.append(Speaker(name=d["name"], split=d["split"], voice=d["voice"], pitch_factor=d["pitch_factor"],
+                           z=d["z"], audio_factors=d["audio_factors"], identity=d["identity"],
+                           deviations=z["deviations"][i], blink_rate=d["blink_rate"]))
+    return out
+
+
+def speaker_template(base: Template, spk: Speaker, resolution: str) -> Template:
+    """A speaker's neutral face: the procedural head with their identity shape."""
+    t = Template.procedural(resolution, identity=spk.identity)
+    return base.with_vertices(t.vertices, name=spk.name)
+
+
+def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
+    """Write a SynthVOCA dataset in FaceFormer's processed VOCASET layout.
+
+    out/vertices_npy/<subject>_sentenceNN.npy   (T60, V*3) float32, metres, 60 fps
+    out/wav/<subject>_sentenceNN.wav            16 kHz PCM16 mono
+    out/templates.pkl                           {subject: (V, 3)}
+    out/mtk_template.npz                        faces and region masks (FLAME_sample.ply's role)
+    """
+    import soundfile as sf
+
+    from .data import SynthVOCA
+    ds = SynthVOCA(root)
+    out = Path(out)
+    (out / "vertices_npy").mkdir(parents=True, exist_ok=True)
+    (out / "wav").mkdir(exist_ok=True)
+    templates = {}
+    for seq in ds.sequences("all"):
+        v60 = ds.vertices_60fps(seq.name)                                # (T60, V, 3)
+        np.save(out / "vertices_npy" / f"{seq.name}.npy", v60.reshape(len(v60), -1).astype(np.float32))
+        sf.write(out / "wav" / f"{seq.name}.wav", seq.audio(), 16000, subtype="PCM_16")
+        templates[seq.subject] = seq.template.vertices
+    with open(out / "templates.pkl", "wb") as f:
+        pickle.dump(templates, f)
+    ds.template.save(out / "mtk_template.npz")
+    return out

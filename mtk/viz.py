@@ -1,0 +1,157 @@
+"""Seeing faces: matplotlib renders (always work, PNG), k3d widgets (interactive, HTML snapshots), saving.
+
+Every figure a notebook shows is also written under `paths.figures_dir()`, so a
+widget is never the only way to see a result: `savefig` for matplotlib and
+`save_k3d` for k3d (a standalone HTML snapshot).
+
+Views follow the template convention: y up, z towards the viewer.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .paths import figures_dir
+
+VIEWS = {"front": (0, 90), "three_quarter": (12, 50), "side": (0, 0)}
+SKIN = np.array([0.86, 0.74, 0.64])
+REGION_COLORS = {"lips": (0.85, 0.35, 0.35), "upper_face": (0.35, 0.55, 0.85), "eyes": (0.2, 0.3, 0.6),
+                 "lower_face": (0.90, 0.72, 0.45)}
+
+
+# --------------------------------------------------------------------------- saving
+def savefig(fig, name: str, dpi: int = 110) -> Path:
+    """Write a matplotlib figure to figures/<name> (PNG unless the name says otherwise)."""
+    path = figures_dir() / (name if Path(name).suffix else f"{name}.png")
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def save_html(html: str, name: str) -> Path:
+    path = figures_dir() / (name if name.endswith(".html") else f"{name}.html")
+    path.write_text(html)
+    return path
+
+
+def save_k3d(plot, name: str, online: bool = True, autoplay: bool = False) -> Path:
+    """A standalone HTML snapshot of a k3d plot.
+
+    online=True (default) keeps the file small (the k3d viewer script is loaded
+    from a CDN when the file is opened); online=False embeds it (about 2 MB, works offline).
+    """
+    plot.snapshot_type = "online" if online else "full"
+    js = "K3DInstance.startAutoPlay();" if autoplay else ""
+    return save_html(plot.get_snapshot(additional_js_code=js), name)
+
+
+# --------------------------------------------------------------------------- matplotlib
+def face_colors(template, regions=("lips", "upper_face"), base=SKIN) -> np.ndarray:
+    """(V, 3) RGB per vertex: skin, with the named regions tinted."""
+    c = np.tile(base, (template.V, 1))
+    for r in regions:
+        if r in template.masks:
+            c[template.masks[r]] = REGION_COLORS.get(r, (0.5, 0.5, 0.5))
+    return c
+
+
+def render_mesh(ax, vertices, faces, view: str = "front", vertex_colors=None, values=None, cmap="magma",
+                vrange=None, zoom: float = 1.0, center=None, title: str | None = None):
+    """Draw a mesh on a matplotlib 3D axis with Lambert shading (no OpenGL needed).
+
+    vertices (V, 3); faces (F, 3); vertex_colors (V, 3) or values (V,) mapped
+    through `cmap` over `vrange`. Returns the Poly3DCollection.
+    """
+    import matplotlib
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    v = np.asarray(vertices, np.float64).reshape(-1, 3)
+    tri = v[faces]                                                   # (F, 3, 3)
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+    light = np.array([0.35, 0.45, 0.82])
+    light /= np.linalg.norm(light)
+    shade = 0.25 + 0.75 * np.clip(n @ light, 0, 1)                   # (F,)
+    if values is not None:
+        vals = np.asarray(values, float)[faces].mean(1)
+        lo, hi = vrange if vrange is not None else (vals.min(), vals.max() + 1e-12)
+        base = matplotlib.colormaps[cmap](np.clip((vals - lo) / (hi - lo), 0, 1))[:, :3]
+    elif vertex_colors is not None:
+        base = np.asarray(vertex_colors)[faces].mean(1)
+    else:
+        base = np.tile(SKIN, (len(faces), 1))
+    fc = np.clip(base * shade[:, None], 0, 1)
+    # matplotlib's z is up: plot (x, z, y)
+    coll = Poly3DCollection(tri[:, :, [0, 2, 1]], facecolors=fc, edgecolors="none")
+    ax.add_collection3d(coll)
+    c = v.mean(0) if center is None else np.asarray(center)
+    r = 0.5 * (v.max(0) - v.min(0)).max() / zoom
+    ax.set_xlim(c[0] - r, c[0] + r)
+    ax.set_ylim(c[2] - r, c[2] + r)
+    ax.set_zlim(c[1] - r, c[1] + r)
+    ax.set_box_aspect((1, 1, 1))
+    el, az = VIEWS[view] if isinstance(view, str) else view
+    ax.view_init(elev=el, azim=az)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return coll
+
+
+def frames_figure(frames, faces, titles=None, view="front", zoom=1.0, center=None, size=2.6, **kw):
+    """One row of rendered frames: frames is a list of (V, 3) arrays. Returns the Figure."""
+    import matplotlib.pyplot as plt
+    fig = plt.figure(figsize=(size * len(frames), size * 1.05))
+    for i, f in enumerate(frames):
+        ax = fig.add_subplot(1, len(frames), i + 1, projection="3d")
+        render_mesh(ax, f, faces, view=view, zoom=zoom, center=center,
+                    title=None if titles is None else titles[i], **kw)
+    fig.subplots_adjust(0, 0, 1, 0.92, 0, 0)
+    return fig
+
+
+def mouth_opening(vertices, template) -> np.ndarray:
+    """(T,) vertical distance in metres between the upper- and lower-lip midpoints (0 when the lips meet)."""
+    v = np.asarray(vertices).reshape(len(vertices), -1, 3)
+    return v[:, template.landmarks["upper_lip_mid"], 1] - v[:, template.landmarks["lower_lip_mid"], 1]
+
+
+# --------------------------------------------------------------------------- k3d
+def _rgb_uint32(c) -> np.ndarray:
+    c = (np.clip(np.asarray(c), 0, 1) * 255).astype(np.uint32)
+    return (c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]
+
+
+def k3d_face(template, vertices=None, fps: int = 30, colors=None, attribute=None, color_range=None,
+             plot=None, translation=(0.0, 0.0, 0.0), name: str | None = None, height: int = 420):
+    """A k3d plot of the template, or of an animation (T, V, 3) as a time series with a play button.
+
+    colors: (V, 3) RGB in [0, 1] (e.g. `face_colors`); attribute: (V,) or
+    (T, V) values shown through a colour map over a fixed `color_range`.
+    Returns the plot (add more meshes by passing it back as `plot`).
+    """
+    import k3d
+    plot = plot if plot is not None else k3d.plot(grid_visible=False, camera_auto_fit=True, height=height,
+                                                  background_color=0xFFFFFF)
+    kw = dict(indices=template.faces.astype(np.uint32), flat_shading=False, side="double", name=name,
+              translation=list(translation))
+    if vertices is None:
+        verts = template.vertices.astype(np.float32)
+    else:
+        v = np.asarray(vertices, np.float32).reshape(len(vertices), -1, 3)
+        verts = {f"{t / fps:.4f}": v[t] for t in range(len(v))}
+    if attribute is not None:
+        a = np.asarray(attribute, np.float32)
+        att = a if a.ndim == 1 else {f"{t / fps:.4f}": a[t] for t in range(len(a))}
+        rng = color_range if color_range is not None else [float(a.min()), float(a.max())]
+        plot += k3d.mesh(verts, attribute=att, color_map=k3d.colormaps.matplotlib_color_maps.Inferno,
+                         color_range=list(rng), **kw)
+    else:
+        c = np.tile(SKIN, (template.V, 1)) if colors is None else colors
+        plot += k3d.mesh(verts, colors=_rgb_uint32(c), **kw)
+    plot.camera_auto_fit = True
+    # look at the face from the front (camera on +z), y up
+    ctr = template.vertices.mean(0) + np.asarray(translation)
+    plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.55), float(ctr[0]), float(ctr[1]),
+                   float(ctr[2]), 0.0, 1.0, 0.0]
+    return plot

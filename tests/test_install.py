@@ -1,0 +1,48 @@
+"""The kit's install surface: environment.yml agrees with pyproject.toml; notebooks are committed stripped."""
+import json
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_NAMES = {"pytorch-cpu": "torch", "pytorch-gpu": "torch", "pytorch": "torch", "pysoundfile": "soundfile"}
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~\[ ;]", req.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_deps = {_name(r): r for r in project["dependencies"] + project["optional-dependencies"]["test"]}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda, pip = {}, {}
+    for d in env["dependencies"]:
+        if isinstance(d, dict):
+            pip.update({_name(r): r for r in d["pip"] if not r.startswith("-")})
+        elif _name(d) not in ("python", "pip"):
+            conda[CONDA_NAMES.get(_name(d), _name(d))] = d
+    assert set(conda) | set(pip) == set(pip_deps), "environment.yml and pyproject.toml list different packages"
+    # torch must stay pinned so that pip takes the CPU wheel on the build machines
+    assert re.search(r"torch[^,]*(==|<=|<)\s*2\.13", pip_deps["torch"]) or "2.13" in pip_deps["torch"]
+
+
+def test_notebooks_are_committed_stripped():
+    nbs = sorted((ROOT / "notebooks").glob("*.ipynb"))
+    assert nbs, "no notebooks found"
+    for nb in nbs:
+        d = json.loads(nb.read_text())
+        for cell in d["cells"]:
+            if cell["cell_type"] == "code":
+                assert not cell["outputs"] and cell["execution_count"] is None, f"{nb.name} has outputs"
+        assert "widgets" not in d["metadata"], f"{nb.name} carries widget state"
+
+
+def test_widget_cells_are_marked_for_nbval():
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        for cell in json.loads(nb.read_text())["cells"]:
+            src = "".join(cell["source"])
+            if cell["cell_type"] == "code" and re.search(r"\.display\(\)|display\(Audio|widgets\.", src):
+                assert "NBVAL_IGNORE_OUTPUT" in src, f"{nb.name}: widget cell without # NBVAL_IGNORE_OUTPUT"
