@@ -1,5 +1,6 @@
 """Command line: `python -m mtk <command>`.
 
+    animate WAV --out face.mp4 [face.html face.npy]   animate your own recording
     data               generate the default SynthVOCA dataset (and the smoke one)
     reproduce          run every notebook with the default preset; regenerate figures/
     strip-notebooks    clear outputs and execution counts of notebooks (before committing)
@@ -24,6 +25,14 @@ def cmd_data(args) -> None:
         t = time.time()
         path = generate(cfg)
         print(f"{cfg.name}: {path} ({time.time() - t:.1f} s)")
+
+
+def cmd_animate(args) -> None:
+    from .demo import animate_file
+    res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage)
+    for suffix, path in res["outputs"].items():
+        print(f"wrote {path}")
+    print(f"{res['frames']} frames for {res['seconds']:.1f} s of audio")
 
 
 def cmd_reproduce(args) -> None:
@@ -75,6 +84,12 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mtk", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("animate", help="animate a recording with the trained default MemoryTalker")
+    p.add_argument("audio", help="a sound file (wav, flac, ogg; any sample rate, mono or stereo)")
+    p.add_argument("--out", nargs="+", required=True, help="outputs: .mp4 (video with sound), .html, .npy")
+    p.add_argument("--preset", default="default", choices=["default", "smoke"])
+    p.add_argument("--stage", type=int, default=2, choices=[1, 2])
+    p.set_defaults(fn=cmd_animate)
     sub.add_parser("data", help="generate the SynthVOCA datasets").set_defaults(fn=cmd_data)
     p = sub.add_parser("reproduce", help="run every notebook with the default preset")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")

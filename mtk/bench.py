@@ -5,6 +5,7 @@ Each sub-command is a function `fn(argv) -> exit code` registered in
 one function and one dict entry.
 
     python -m mtk.bench metrics            # evaluate() on a VOCA-sized test set
+    python -m mtk.bench inference          # frames per second and real-time factor on a 10 s clip, per method
 """
 
 from __future__ import annotations
@@ -181,8 +182,111 @@ def bench_metrics(argv: Sequence[str] = ()) -> int:
     return 0 if ok else 1
 
 
+INFERENCE_TARGET_SPEEDUP = 100.0      # MemoryTalker default: at least 100x faster than real time on 2 cores
+
+
+def _inference_models(which: Sequence[str], V3: int, n_train: int) -> dict:
+    """Default-size models with the kit's default audio encoder architecture (random weights: speed does not
+    depend on them), keyed by method name."""
+    import importlib
+
+    from mtk.audio import AudioConfig
+    from mtk.model import MemoryTalker, ModelConfig
+
+    class _Stub:                       # what from_dataset needs from a dataset
+        def __init__(self, template):
+            self.template = template
+            self.train_subjects = [f"S{i}" for i in range(n_train)]
+
+        def style(self, subject):
+            return np.zeros(107, np.float32)
+
+        def sequences(self, *a, **k):
+            return []
+
+    from mtk.template import Template
+    stub = _Stub(Template.procedural("default"))
+    models = {}
+    for name in which:
+        if name == "memorytalker":
+            models[name] = MemoryTalker(ModelConfig.default(V3), stub.template.mask("lips"))
+            continue
+        mod = importlib.import_module(f"mtk.baselines.{name}")
+        cfg_cls = next(v for k, v in vars(mod).items() if k.endswith("Config") and k.lower().startswith(name))
+        model_cls = next(v for k, v in vars(mod).items() if k.lower() == name)
+        cfg = cfg_cls.default(V3, audio=AudioConfig.default())
+        models[name] = model_cls.from_dataset(cfg, stub)
+    return models
+
+
+def bench_inference(argv: Sequence[str] = ()) -> int:
+    """Frames generated per second and real-time factor of each method on a 10-second clip (CPU)."""
+    parser = argparse.ArgumentParser(prog="python -m mtk.bench inference",
+                                     description="Inference speed per method on a 10 s clip.")
+    parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; best is kept")
+    parser.add_argument("--methods", nargs="*", default=["memorytalker", "faceformer", "codetalker", "selftalk",
+                                                          "imitator", "scantalk", "unitalker"])
+    args = parser.parse_args(list(argv))
+
+    import torch
+
+    from mtk.corpus import SENTENCES
+    from mtk.speech import synthesize
+    from mtk.template import Template
+
+    text, audio = "", np.zeros(0, np.float32)
+    i = 0
+    while len(audio) < args.seconds * 16000:
+        audio = np.concatenate([audio, synthesize(SENTENCES[i]).audio])
+        i += 1
+    audio = audio[: int(args.seconds * 16000)]
+    T = int(args.seconds * 30)
+    template = Template.procedural("default")
+    V3 = template.V * 3
+    print(f"clip: {args.seconds:g} s of espeak-ng speech -> {T} frames; template V = {template.V}; "
+          f"torch threads {torch.get_num_threads()}")
+    models = _inference_models(args.methods, V3, 8)
+    batch = {"audio": torch.from_numpy(audio)[None], "audio_mask": torch.ones(1, len(audio), dtype=torch.bool),
+             "n_frames": torch.tensor([T]), "frame_mask": torch.ones(1, T, dtype=torch.bool),
+             "template": torch.from_numpy(template.vertices.reshape(1, -1).copy()),
+             "vertices": torch.zeros(1, T, V3), "speaker": torch.tensor([-1]), "one_hot": torch.zeros(1, 8),
+             "phonemes": torch.full((1, T), -1), "subject": ["bench"], "sentence": [0], "name": ["bench"],
+             "style": torch.zeros(1, 107)}
+    rows, status = [], 0
+    for name, model in models.items():
+        model.eval()
+        stage = getattr(model, "n_stages", 1)
+
+        def run():
+            with torch.no_grad():
+                if name == "memorytalker":
+                    return model.animate(audio, 16000, template, stage=2)
+                return model.predict_batch(batch, stage=stage)
+
+        run()
+        times = []
+        for _ in range(max(1, args.repeats)):
+            t0 = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - t0)
+        best = min(times)
+        speedup = args.seconds / best
+        rows.append((name, T / best, best / args.seconds, speedup))
+        print(f"{name:14s} {T / best:8.0f} frames/s   real-time factor {best / args.seconds:.4f}   "
+              f"{speedup:6.1f}x faster than real time   ({best:.3f} s)", flush=True)
+        if name == "memorytalker" and speedup < INFERENCE_TARGET_SPEEDUP:
+            status = 1
+    mt = next((r for r in rows if r[0] == "memorytalker"), None)
+    if mt is not None:
+        print(f"MemoryTalker default: {mt[3]:.0f}x real time (target >= {INFERENCE_TARGET_SPEEDUP:g}x on 2 cores, "
+              f"{os.cpu_count()} here): {'OK' if mt[3] >= INFERENCE_TARGET_SPEEDUP else 'TOO SLOW'}")
+    return status
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "metrics": bench_metrics,
+    "inference": bench_inference,
 }
 
 

@@ -17,6 +17,7 @@ What a `FaceDataset` item holds (one clip):
     speaker    int, index into the training speakers (-1 for unseen speakers)
     one_hot    (n_train,) float32 (all zeros for unseen speakers)
     phonemes   (T,) int64, index into `articulation.PHONEMES`, -1 where unknown
+    style      (S,) float32, the speaker's true style vector (SynthVOCA only; for oracle models)
     subject, sentence, name
 """
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Sequence:
     _vertices: Callable[[], np.ndarray] = field(repr=False)
     phoneme_intervals: list[tuple[float, float, str]] | None = field(default=None, repr=False)
     text: str | None = None
+    style: np.ndarray | None = field(default=None, repr=False)    # the speaker's true style (SynthVOCA only)
 
     def audio(self) -> np.ndarray:
         """(N,) float32 at 16 kHz."""
@@ -173,12 +175,13 @@ class SynthVOCA:
     def weights_60fps(self, name: str) -> np.ndarray:
         return self._npz(name)["weights"]
 
-    def vertices_60fps(self, name: str) -> np.ndarray:
-        """(T60, V, 3) at the 60 fps 'capture' rate."""
+    def vertices_60fps(self, name: str, step: int = 1) -> np.ndarray:
+        """(T60, V, 3) at the 60 fps 'capture' rate (every `step`-th frame): template + weights @ basis."""
         d = self._seq_meta[name]
-        W = self.weights_60fps(name)                                      # (T60, K)
+        W = self.weights_60fps(name)[::step]                             # (T, K)
         t = self.templates[d["subject"]].vertices                        # (V, 3)
-        return (t[None] + np.einsum("tk,kvc->tvc", W, self.basis)).astype(np.float32)
+        K, V, _ = self.basis.shape
+        return (t[None] + (W @ self.basis.reshape(K, V * 3)).reshape(len(W), V, 3)).astype(np.float32)
 
     def sequences(self, split: str = "train", part: str = "protocol") -> list[Sequence]:
         """Clips of a split ("train", "val", "test", "all").
@@ -212,13 +215,13 @@ class SynthVOCA:
             return self._npz(name)["audio"].astype(np.float32) / 32767.0
 
         def vertices(name=name):
-            return self.vertices_60fps(name)[::2]
+            return self.vertices_60fps(name, step=2)                          # 60 -> 30 fps
 
         z = self._npz(name)
         phon = [(float(a), float(b), str(c)) for a, b, c in zip(z["ph_start"], z["ph_end"], z["ph_name"])]
         speaker = self.train_subjects.index(spk.name) if spk.name in self.train_subjects else -1
         return Sequence(name, spk.name, d["sentence"], spk.split, speaker, self.templates[spk.name],
-                        audio, vertices, phon, d["text"])
+                        audio, vertices, phon, d["text"], spk.style_vector())
 
     def extractor(self):
         """The FID motion-feature extractor saved with the dataset."""
@@ -354,6 +357,8 @@ class FaceDataset(torch.utils.data.Dataset):
                     speaker=s.speaker, one_hot=torch.from_numpy(one_hot),
                     phonemes=torch.from_numpy(s.phoneme_labels(T)),
                     subject=s.subject, sentence=s.sentence, name=s.name)
+        if s.style is not None:
+            item["style"] = torch.from_numpy(np.asarray(s.style, np.float32))
         if self._cache is not None:
             self._cache[i] = item
         return item
@@ -381,12 +386,23 @@ def collate(batch: list[dict]) -> dict:
         verts[i, :n_frames[i]] = b["vertices"]
         frame_mask[i, :n_frames[i]] = True
         phon[i, :n_frames[i]] = b["phonemes"]
-    return dict(audio=audio, audio_mask=audio_mask, vertices=verts, frame_mask=frame_mask, phonemes=phon,
+    extra = {"style": torch.stack([b["style"] for b in batch])} if all("style" in b for b in batch) else {}
+    return dict(audio=audio, audio_mask=audio_mask, vertices=verts, frame_mask=frame_mask, phonemes=phon, **extra,
                 template=torch.stack([b["template"] for b in batch]),
                 speaker=torch.tensor([b["speaker"] for b in batch]),
                 one_hot=torch.stack([b["one_hot"] for b in batch]),
                 n_frames=torch.tensor(n_frames), subject=[b["subject"] for b in batch],
                 sentence=[b["sentence"] for b in batch], name=[b["name"] for b in batch])
+
+
+def motion_scale(sequences: list[Sequence], every: int = 4) -> float:
+    """RMS displacement from the template (metres) over every `every`-th sequence: the size of the motion."""
+    ss, n = 0.0, 0
+    for s in sequences[::every]:
+        d = s.vertices() - s.template.vertices
+        ss += float((d.astype(np.float64) ** 2).sum())
+        n += d.size
+    return float(np.sqrt(ss / max(n, 1)))
 
 
 def load_dataset(name_or_root: str | Path = "default", progress: bool = True):

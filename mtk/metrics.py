@@ -547,8 +547,11 @@ class MotionFeatureExtractor:
        k < 0.8 min(N, 3|I|).  Each direction's sign is fixed so that its
        largest-magnitude entry is positive, so fitting is deterministic.
        z_t = W (d_t - mean), W: (k, 3|I|).
-    3. Standardise.  z_t / sigma, sigma the per-coefficient std (ddof = 0)
-       over the training frames.
+    3. Scale.  z_t / sigma with one global sigma: the RMS norm of the
+       training frames' coefficient vectors (sqrt of the summed coefficient
+       variances, ddof = 0).  One scale for all coefficients keeps the
+       geometry of motion space: per-coefficient standardisation would blow
+       up the weakest components, whose small absolute errors then dominate.
     4. Windows.  Frames 0..W-1, h..h+W-1, ... (W = `window`, default 8;
        h = `hop`, default 2), flattened frame-major into W*k-dim features.
        A sequence of T >= W frames gives (T - W)//h + 1 windows; a shorter
@@ -558,7 +561,7 @@ class MotionFeatureExtractor:
     """
 
     _FORMAT = "mtk.MotionFeatureExtractor"
-    _VERSION = 1
+    _VERSION = 2
 
     def __init__(
         self,
@@ -643,13 +646,14 @@ class MotionFeatureExtractor:
             comps = np.linalg.svd(frames, full_matrices=False)[2][:k]  # (k, 3|I|)
         flip = np.sign(comps[np.arange(k), np.abs(comps).argmax(axis=1)])
         comps = comps * flip[:, None]
-        scale = (frames @ comps.T).std(axis=0)  # (k,) coefficient std
+        coef_std = (frames @ comps.T).std(axis=0)  # (k,) coefficient std
         total_var = np.einsum("nd,nd->", frames, frames) / n
-        if total_var <= 0 or scale.min() <= 1e-4 * scale.max():
+        if total_var <= 0 or coef_std.min() <= 1e-4 * coef_std.max():
             raise ValueError(
                 f"training frames span fewer than n_components={k} directions (coefficient stds "
-                f"{np.array2string(scale, precision=3)}); use fewer components or more varied data"
+                f"{np.array2string(coef_std, precision=3)}); use fewer components or more varied data"
             )
+        scale = np.full(k, np.sqrt((coef_std**2).sum()))  # (k,) one global scale
         return cls(
             vertex_idx=idx,
             n_vertices=n_vertices,
@@ -658,13 +662,13 @@ class MotionFeatureExtractor:
             scale=scale,
             window=window,
             hop=hop,
-            explained_variance_ratio=scale**2 / total_var,
+            explained_variance_ratio=coef_std**2 / total_var,
             n_train_frames=n,
             n_train_seqs=len(seqs),
         )
 
     def _coefficients(self, flat: np.ndarray, template: np.ndarray, label: str) -> np.ndarray:
-        """Standardised PCA coefficients of a validated sequence, (T, k)."""
+        """Scaled PCA coefficients of a validated sequence, (T, k)."""
         if _n_vertices(flat) != self.n_vertices:
             raise ValueError(
                 f"{label}: has V = {_n_vertices(flat)} vertices, the extractor expects V = {self.n_vertices}"
@@ -764,8 +768,8 @@ class MotionFeatureExtractor:
         return (
             f"MotionFeatureExtractor: displacement from the template over {len(self.vertex_idx)} of "
             f"{self.n_vertices} vertices ({d} values per frame); PCA to k={self.n_components} "
-            f"({100 * self.explained_variance_ratio.sum():.1f}% of training variance), each coefficient "
-            f"divided by its training std; windows of {self.window} frames every {self.hop} frames "
+            f"({100 * self.explained_variance_ratio.sum():.1f}% of training variance), divided by one "
+            f"global scale (RMS coefficient norm on training frames); windows of {self.window} frames every {self.hop} frames "
             f"-> {self.dim}-dim features. Fitted on {self.n_train_frames} frames of "
             f"{self.n_train_seqs} training sequences."
         )

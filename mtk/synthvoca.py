@@ -122,7 +122,7 @@ def _generator_code_hash() -> str:
     """Hash of the modules whose code decides SynthVOCA's content, so a cached dataset never goes stale."""
     here = Path(__file__).parent
     h = hashlib.sha1()
-    for mod in ("synthvoca.py", "articulation.py", "speech.py", "template.py", "corpus.py"):
+    for mod in ("synthvoca.py", "articulation.py", "speech.py", "template.py", "corpus.py", "metrics.py"):
         h.update((here / mod).read_bytes())
     return h.hexdigest()[:12]
 

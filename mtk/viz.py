@@ -155,3 +155,111 @@ def k3d_face(template, vertices=None, fps: int = 30, colors=None, attribute=None
     plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.55), float(ctr[0]), float(ctr[1]),
                    float(ctr[2]), 0.0, 1.0, 0.0]
     return plot
+
+
+def k3d_compare(template, animations: dict, gt=None, fps: int = 30, spacing: float = 0.2,
+                error_range_mm: float = 5.0, height: int = 460):
+    """Side-by-side k3d animations: the ground truth in skin colour, each prediction coloured by its
+    per-vertex error (mm) to the ground truth on a fixed range [0, error_range_mm].
+
+    animations: {name: (T, V, 3)}; gt: (T, V, 3) or None. Returns the plot; meshes are named.
+    """
+    import k3d
+    plot = None
+    col = 0
+    if gt is not None:
+        plot = k3d_face(template, gt, fps=fps, name="ground truth", height=height)
+        col = 1
+    for name, v in animations.items():
+        v = np.asarray(v).reshape(len(v), -1, 3)
+        if gt is not None:
+            T = min(len(v), len(gt))
+            err = np.linalg.norm(v[:T] - np.asarray(gt).reshape(len(gt), -1, 3)[:T], axis=2) * 1000
+            plot = k3d_face(template, v[:T], fps=fps, attribute=err, color_range=[0.0, error_range_mm],
+                            plot=plot, translation=(spacing * col, 0, 0), name=f"{name} (error, mm)",
+                            height=height)
+        else:
+            plot = k3d_face(template, v, fps=fps, plot=plot, translation=(spacing * col, 0, 0), name=name,
+                            height=height)
+        col += 1
+    plot += k3d.text2d("  |  ".join((["ground truth"] if gt is not None else []) + list(animations)),
+                       position=[0.02, 0.02], size=0.8, color=0x333333)
+    ctr = template.vertices.mean(0) + np.array([spacing * (col - 1) / 2, 0, 0])
+    plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.35 + 0.12 * col), float(ctr[0]),
+                   float(ctr[1]), float(ctr[2]), 0.0, 1.0, 0.0]
+    return plot
+
+
+def player(plot, n_frames: int, fps: int = 30, audio=None, sample_rate: int = 16000):
+    """ipywidgets controls for a k3d time-series plot: a play button and a frame slider (linked in the
+    browser), plus an audio player. Returns a VBox; `set_frame` does what the slider does."""
+    import ipywidgets as w
+    from IPython.display import Audio
+    play = w.Play(min=0, max=n_frames - 1, step=1, interval=int(1000 / fps), description="play")
+    slider = w.IntSlider(min=0, max=n_frames - 1, description="frame", continuous_update=True)
+    w.jslink((play, "value"), (slider, "value"))
+    slider.observe(lambda ch: set_frame(plot, ch["new"], fps), names="value")
+    rows = [w.HBox([play, slider]), plot]
+    if audio is not None:
+        out = w.Output()
+        with out:
+            from IPython.display import display
+            display(Audio(np.asarray(audio), rate=sample_rate))
+        rows.append(out)
+    return w.VBox(rows)
+
+
+def set_frame(plot, frame: int, fps: int = 30) -> None:
+    """Show frame `frame` of a k3d time-series plot (what the player's slider calls)."""
+    plot.time = frame / fps
+
+
+def lower_face_motion(vertices, template, region: str = "lower_face") -> np.ndarray:
+    """(T,) mean displacement magnitude (m) of a region from the neutral template: how much the face moves."""
+    v = np.asarray(vertices).reshape(len(vertices), -1, 3)
+    idx = template.mask(region)
+    return np.linalg.norm(v[:, idx] - template.vertices[idx], axis=2).mean(1)
+
+
+def render_frames(vertices, faces, size: int = 480, yaw_deg: float = 20.0, zoom: float = 1.0,
+                  background=(1.0, 1.0, 1.0)):
+    """Yield RGB uint8 frames (size, size, 3) of an animation (T, V, 3): a fast 2D painter's-algorithm
+    render (orthographic, Lambert shading; faces seen from behind, e.g. inside the open mouth, dark red).
+    Uses a matplotlib Agg canvas, so it needs no display and no OpenGL."""
+    import matplotlib
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.collections import PolyCollection
+    from matplotlib.figure import Figure
+
+    V = np.asarray(vertices, np.float64).reshape(len(vertices), -1, 3)
+    a = np.radians(yaw_deg)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    ref = V[0] @ R.T
+    c = ref.mean(0)
+    half = 0.5 * (ref.max(0) - ref.min(0))[:2].max() * 1.08 / zoom
+    fig = Figure(figsize=(size / 100, size / 100), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes([0, 0, 1, 1])
+    ax.set_xlim(c[0] - half, c[0] + half)
+    ax.set_ylim(c[1] - half, c[1] + half)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    fig.patch.set_facecolor(background)
+    coll = PolyCollection([], edgecolors="none", antialiased=False)
+    ax.add_collection(coll)
+    light = np.array([0.3, 0.4, 0.86])
+    light /= np.linalg.norm(light)
+    inside = np.array([0.35, 0.08, 0.08])
+    for v in V:
+        p = v @ R.T                                                  # (V, 3) camera frame, looking along -z
+        tri = p[faces]                                               # (F, 3, 3)
+        n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
+        front = n[:, 2] > 0
+        shade = 0.25 + 0.75 * np.clip(n @ light, 0, 1)
+        col = np.where(front[:, None], SKIN * shade[:, None], inside * (0.6 + 0.4 * np.abs(n[:, 2:3])))
+        order = np.argsort(tri[:, :, 2].mean(1))                     # far to near
+        coll.set_verts(tri[order][:, :, :2])
+        coll.set_facecolors(np.clip(col[order], 0, 1))
+        canvas.draw()
+        yield np.asarray(canvas.buffer_rgba())[:, :, :3].copy()

@@ -1,0 +1,227 @@
+"""Audio encoders: HuBERT/wav2vec2 through `transformers`, brought to the mesh frame rate.
+
+The paper's path (`memorytalker.md` 1.2): `HubertModel` from `facebook/hubert-base-ls960`
+(12 layers, hidden 768), its CNN feature encoder frozen and its transformer
+fine-tuned. The CNN turns 16 kHz audio into 512-d features at 50 Hz; following
+FaceFormer, these are linearly interpolated to the number of mesh frames (30 fps)
+*before* the transformer, so every later layer works at the mesh rate.
+
+The embedded default: the same model class built from a small `HubertConfig`,
+randomly initialised and trained on SynthVOCA (no hub needed): first a short
+phoneme-recognition pretraining on the training speakers' audio, a stand-in for
+the ASR pretraining every method in the field starts from (`pretrain_on_phonemes`),
+then fine-tuned inside each model like the paper's HuBERT.
+Pretrained weights are used only when asked for by name or local folder; with no
+network (HF_HUB_OFFLINE=1) the error says so and names the small default.
+
+Waveforms are normalised per utterance to zero mean and unit variance over
+their valid samples, as `Wav2Vec2Processor` does for FaceFormer and MemoryTalker.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+SAMPLE_RATE = 16000
+FPS = 30
+
+
+@dataclass
+class AudioConfig:
+    """An audio encoder. `pretrained` is a hub name or local folder; None builds a random-init model."""
+
+    kind: str = "hubert"                   # "hubert" | "wav2vec2"
+    pretrained: str | None = None
+    hidden_size: int = 96
+    num_hidden_layers: int = 3
+    num_attention_heads: int = 4
+    intermediate_size: int = 192
+    conv_dim: tuple[int, ...] = (64,) * 7
+    num_conv_pos_embeddings: int = 16
+    num_conv_pos_embedding_groups: int = 4
+    freeze_feature_encoder: bool = True     # the paper freezes the CNN (pretrained) ...
+    mask_time_prob: float = 0.0             # SpecAugment during training (hubert-base-ls960 uses 0.05)
+    dropout: float = 0.1
+
+    @classmethod
+    def smoke(cls) -> "AudioConfig":
+        return cls(hidden_size=32, num_hidden_layers=1, intermediate_size=64, conv_dim=(32,) * 7)
+
+    @classmethod
+    def default(cls) -> "AudioConfig":
+        """The kit's small encoder (3 layers, hidden 96). `recipes` first pretrains it on phonemes
+        (`pretrain_on_phonemes`) and sets `pretrained` to that folder; built directly it is random-init."""
+        return cls()
+
+    @classmethod
+    def paper(cls) -> "AudioConfig":
+        return cls(pretrained="facebook/hubert-base-ls960", hidden_size=768, num_hidden_layers=12,
+                   num_attention_heads=12, intermediate_size=3072, conv_dim=(512,) * 7,
+                   num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, mask_time_prob=0.05)
+
+    def hf_config(self):
+        from transformers import HubertConfig, Wav2Vec2Config
+        cls = {"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config}[self.kind]
+        return cls(hidden_size=self.hidden_size, num_hidden_layers=self.num_hidden_layers,
+                   num_attention_heads=self.num_attention_heads, intermediate_size=self.intermediate_size,
+                   conv_dim=tuple(self.conv_dim), num_conv_pos_embeddings=self.num_conv_pos_embeddings,
+                   num_conv_pos_embedding_groups=self.num_conv_pos_embedding_groups,
+                   mask_time_prob=self.mask_time_prob, hidden_dropout=self.dropout,
+                   attention_dropout=self.dropout, activation_dropout=0.0, layerdrop=0.0,
+                   feat_proj_dropout=0.0)
+
+
+def load_hf_model(cfg: AudioConfig):
+    """The transformers model (HubertModel or Wav2Vec2Model), pretrained or random-init."""
+    from transformers import HubertModel, Wav2Vec2Model
+    cls = {"hubert": HubertModel, "wav2vec2": Wav2Vec2Model}[cfg.kind]
+    if cfg.pretrained is None:
+        return cls(cfg.hf_config())
+    try:
+        return cls.from_pretrained(cfg.pretrained)
+    except (OSError, ValueError) as e:
+        raise OSError(
+            f"could not load pretrained {cfg.kind} weights {cfg.pretrained!r}: {e}\n"
+            "The hub is not reachable (or HF_HUB_OFFLINE=1) and no local copy was found. Either download the "
+            "model on a machine with network access and pass its local folder as `pretrained`, or use the "
+            "kit's small default, trained from scratch: AudioConfig.default() (pretrained=None)."
+        ) from e
+
+
+def normalize_waveform(audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, N) -> (B, N): zero mean, unit variance over each row's first `lengths[b]` samples; padding stays 0."""
+    mask = torch.arange(audio.shape[1], device=audio.device)[None] < lengths[:, None]      # (B, N)
+    n = lengths.clamp(min=1).to(audio.dtype)[:, None]
+    mean = (audio * mask).sum(1, keepdim=True) / n
+    var = (((audio - mean) * mask) ** 2).sum(1, keepdim=True) / n
+    return (audio - mean) / torch.sqrt(var + 1e-7) * mask
+
+
+def frames_for(n_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -> int:
+    """Mesh frames for an audio clip: the 60 fps capture count halved (VOCASET's [::2]), rounded up."""
+    n60 = int(n_samples * 60 // sample_rate)
+    return max(1, (n60 + 1) // 2) if fps == 30 else max(1, int(n_samples * fps // sample_rate))
+
+
+class AudioEncoder(nn.Module):
+    """Waveform (B, N) at 16 kHz -> features (B, T, hidden) at the mesh frame rate."""
+
+    def __init__(self, cfg: AudioConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = load_hf_model(cfg)
+        if cfg.freeze_feature_encoder:
+            for p in self.model.feature_extractor.parameters():
+                p.requires_grad = False
+        self.hidden_size = self.model.config.hidden_size
+
+    def cnn_lengths(self, n_samples: torch.Tensor) -> torch.Tensor:
+        return self.model._get_feat_extract_output_lengths(n_samples).long()
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        """audio (B, N) padded with zeros; audio_lengths (B,); n_frames (B,) -> (B, T_max, hidden)."""
+        B = audio.shape[0]
+        T = int(n_frames.max())
+        x = normalize_waveform(audio, audio_lengths)
+        feats = None
+        for b in range(B):
+            # each clip's CNN runs on its own samples: the first layer's GroupNorm normalises over time,
+            # so zero padding would change a clip's features depending on its batch
+            cnn = self.model.feature_extractor(x[b:b + 1, :int(audio_lengths[b])])     # (1, C, T50)
+            if feats is None:
+                feats = cnn.new_zeros(B, T, cnn.shape[1])
+            # FaceFormer: interpolate the CNN features of each clip to its number of mesh frames
+            f = F.interpolate(cnn, size=int(n_frames[b]), mode="linear", align_corners=True)
+            feats[b, :int(n_frames[b])] = f[0].transpose(0, 1)
+        frame_mask = torch.arange(T, device=audio.device)[None] < n_frames[:, None]   # (B, T)
+        h = self.model.feature_projection(feats)
+        h = h[0] if isinstance(h, tuple) else h                             # wav2vec2 also returns the normed input
+        if self.training and self.model.config.mask_time_prob > 0:
+            h = self.model._mask_hidden_states(h)
+        out = self.model.encoder(h, attention_mask=frame_mask)
+        return out[0] if isinstance(out, tuple) else out.last_hidden_state   # (B, T, hidden)
+
+
+def config_dict(cfg: AudioConfig) -> dict:
+    d = asdict(cfg)
+    d["conv_dim"] = list(d["conv_dim"])
+    return d
+
+
+# --------------------------------------------------------------------------- stand-in for ASR pretraining
+def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, lr: float = 1e-3,
+                         batch_size: int = 8, seed: int = 0, progress: bool = True):
+    """Pretrain a small encoder to recognise phonemes frame by frame; save it for `from_pretrained`.
+
+    The paper starts from HuBERT pretrained on 960 h of LibriSpeech, and every
+    baseline starts from a pretrained wav2vec2/HuBERT too. Those weights cannot
+    be downloaded here, so the kit's stand-in is one shared pretraining run on
+    the training speakers' audio of the dataset: the encoder plus a linear
+    classifier, cross-entropy against the phoneme sounding at each 30 fps frame.
+    Test speakers are never used. The encoder is saved with `save_pretrained` to
+    `out_dir` (with `pretrain.json`: the curve and the frame accuracy on the
+    validation speakers), and every model then loads it by path, exactly as it
+    would load `facebook/hubert-base-ls960` from a local folder.
+    Returns the folder. Skips training if `out_dir/pretrain.json` already exists.
+    """
+    import json
+    import time
+    from pathlib import Path
+
+    from tqdm.auto import tqdm
+
+    from .articulation import PHONEMES
+    from .data import FaceDataset, collate
+
+    out_dir = Path(out_dir)
+    if (out_dir / "pretrain.json").exists():
+        return out_dir
+    torch.manual_seed(seed)
+    enc = AudioEncoder(AudioConfig(**{**config_dict(cfg), "pretrained": None, "freeze_feature_encoder": False,
+                                      "conv_dim": tuple(cfg.conv_dim)}))
+    clf = nn.Linear(enc.hidden_size, len(PHONEMES))
+    params = list(enc.parameters()) + list(clf.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    train = FaceDataset(dataset.sequences("train"), len(dataset.train_subjects), cache=True)
+    val = FaceDataset(dataset.sequences("val") or dataset.sequences("train")[:8], len(dataset.train_subjects))
+    gen = torch.Generator().manual_seed(seed)
+
+    def run(batch, train_mode):
+        enc.train(train_mode)
+        h = enc(batch["audio"], batch["audio_mask"].sum(1), batch["n_frames"])
+        logits = clf(h)
+        y = batch["phonemes"]
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-1)
+        acc = ((logits.argmax(-1) == y) & (y >= 0)).sum() / (y >= 0).sum().clamp(min=1)
+        return loss, float(acc)
+
+    history = []
+    t0 = time.time()
+    for epoch in range(epochs):
+        loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
+                                             collate_fn=collate)
+        losses = []
+        for batch in tqdm(loader, desc=f"phoneme pretraining {epoch + 1}/{epochs}", leave=False, disable=not progress):
+            loss, _ = run(batch, True)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        with torch.no_grad():
+            accs = [run(collate([val[i] for i in range(j, min(len(val), j + batch_size))]), False)[1]
+                    for j in range(0, len(val), batch_size)]
+        history.append({"loss": float(np.mean(losses)), "val_frame_accuracy": float(np.mean(accs))})
+        if progress:
+            print(f"phoneme pretraining epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.3f}, "
+                  f"val frame accuracy {history[-1]['val_frame_accuracy']:.3f}", flush=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    enc.model.save_pretrained(out_dir)
+    (out_dir / "pretrain.json").write_text(json.dumps(
+        {"history": history, "seconds": time.time() - t0, "n_phonemes": len(PHONEMES),
+         "config": config_dict(cfg), "note": "stand-in for ASR pretraining; see mtk.audio.pretrain_on_phonemes"},
+        indent=1))
+    return out_dir

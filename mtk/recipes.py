@@ -1,0 +1,200 @@
+"""Recipes: a dataset, a model configuration and a training schedule, trained once and then loaded.
+
+Notebooks call `load_or_train(recipe, dataset)`: if `runs/<recipe>-<hash>/` holds
+finished checkpoints for exactly this configuration and dataset, they are
+loaded; otherwise the model is trained (resuming an interrupted run). So later
+notebooks never retrain what an earlier one trained.
+
+Presets (for MemoryTalker):
+    smoke    CI: a tiny model on the smoke dataset; both stages in well under 2 minutes
+    default  SynthVOCA on a laptop CPU: both stages in under 10 minutes
+    paper    VOCASET with HuBERT-base and the released hyperparameters (100 + 100 epochs, batch 1), for a GPU
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from .audio import AudioConfig, config_dict, pretrain_on_phonemes
+from .data import FaceDataset, Sequence, collate, motion_scale
+from .model import MemoryTalker, ModelConfig
+from .paths import runs_dir
+from .train import TrainConfig, config_hash, fit, to_device
+
+
+@dataclass
+class Recipe:
+    """Everything that defines a trained model: its class and config, and one TrainConfig per stage."""
+
+    name: str
+    model: ModelConfig                   # any config dataclass with to_dict()
+    stage1: TrainConfig
+    stage2: TrainConfig | None = field(default=None)
+    model_class: type = MemoryTalker     # with from_dataset(cfg, dataset), forward, stage_parameters, predict_batch
+    shares_stage1: "Recipe | None" = None   # take stage 1 from this recipe's run instead of training it again
+    trainer: object = None               # a method's own load_or_train(recipe, dataset, progress) if it needs one
+
+    def key(self, dataset) -> str:
+        return config_hash(self.model.to_dict(), self.stage1.__dict__, self.stage2 and self.stage2.__dict__,
+                           dataset_key(dataset), self.model_class.__name__,
+                           self.shares_stage1 and self.shares_stage1.key(dataset))
+
+    def run_dir(self, dataset) -> Path:
+        return runs_dir() / f"{self.name}-{self.key(dataset)}"
+
+
+def dataset_key(dataset) -> str:
+    meta = getattr(dataset, "meta", None)
+    return meta["key"] if meta else str(getattr(dataset, "root", "?"))
+
+
+PRETRAIN_EPOCHS = {"smoke": 2, "default": 12}
+
+# The training budget of a preset, the same for every method in the comparison: passes over the
+# training set (summed over a method's stages), learning rate, batch size. The paper preset is
+# the released MemoryTalker schedule (100 + 100 epochs, batch 1, Adam 1e-4 / 5e-5).
+BUDGET = {
+    "smoke": {"epochs": 4, "lr": 1e-3, "batch_size": 4},
+    "default": {"epochs": 10, "lr": 1e-3, "batch_size": 4},
+    "paper": {"epochs": 200, "lr": 1e-4, "batch_size": 1},
+}
+
+
+def budget(preset: str) -> dict:
+    if preset not in BUDGET:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(BUDGET)}")
+    return dict(BUDGET[preset])
+
+
+def train_config(preset: str, stage: int, epochs: int, **kw) -> TrainConfig:
+    """A TrainConfig for one stage of a method under a preset's budget (lr, batch size, device)."""
+    b = budget(preset)
+    if preset == "paper":
+        return TrainConfig.paper(stage, epochs=epochs, **kw)
+    return TrainConfig(stage=stage, epochs=epochs, lr=kw.pop("lr", b["lr"]), batch_size=b["batch_size"],
+                       triplets=kw.pop("triplets", "in_batch"), **kw)
+
+
+def pretrained_audio(preset: str, dataset, progress: bool = True) -> AudioConfig:
+    """The audio encoder every method of a preset starts from.
+
+    "paper": HuBERT-base from the hub (or a local copy). "smoke"/"default": the
+    kit's small HuBERT, pretrained once on the dataset's training audio to recognise
+    phonemes (`audio.pretrain_on_phonemes`), stored under runs/ and shared by all methods.
+    """
+    if preset == "paper":
+        return AudioConfig.paper()
+    base = AudioConfig.smoke() if preset == "smoke" else AudioConfig.default()
+    epochs = PRETRAIN_EPOCHS[preset]
+    out = runs_dir() / f"audio-pretrain-{preset}-{config_hash(config_dict(base), dataset_key(dataset), epochs)}"
+    pretrain_on_phonemes(dataset, base, out, epochs=epochs, progress=progress)
+    return replace(base, pretrained=str(out), freeze_feature_encoder=True)
+
+
+def memorytalker(preset: str, dataset, progress: bool = True, epochs: int | None = None, **model_kw) -> Recipe:
+    """MemoryTalker's recipe for a preset ("smoke", "default", "paper"); model_kw override ModelConfig fields.
+
+    epochs: a different total budget (split evenly between the stages), e.g. for ablation sweeps.
+    Building the recipe for "smoke"/"default" runs the shared audio pretraining once if needed.
+    """
+    V3 = dataset.template.V * 3
+    if preset in ("smoke", "default") and "audio" not in model_kw:
+        model_kw["audio"] = pretrained_audio(preset, dataset, progress)
+    model_kw.setdefault("motion_scale", round(motion_scale(dataset.sequences("train")), 6))
+    if preset in ("smoke", "default"):
+        # the preset's budget, split evenly between the stages; stage 2 at half the learning rate (as released)
+        e = epochs or budget(preset)["epochs"]
+        cfg = (ModelConfig.smoke if preset == "smoke" else ModelConfig.default)(V3, **model_kw)
+        return Recipe(f"memorytalker-{preset}" + (f"-{e}ep" if epochs else ""), cfg, train_config(preset, 1, e // 2),
+                      train_config(preset, 2, e - e // 2, lr=budget(preset)["lr"] / 2))
+    if preset == "paper":
+        return Recipe("memorytalker-paper", ModelConfig.paper(V3, **model_kw),
+                      TrainConfig.paper(1), TrainConfig.paper(2))
+    raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
+
+
+def build(recipe: Recipe, dataset):
+    torch.manual_seed(recipe.stage1.seed)
+    return recipe.model_class.from_dataset(recipe.model, dataset)
+
+
+def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2)) -> tuple[MemoryTalker, dict]:
+    """-> (model after the last requested stage, {"stage1": model copy's state, "history1": ..., ...}).
+
+    Stage 1 and stage 2 are separate checkpoints (`stage1.pt`, `stage2.pt`); the
+    returned dict also holds the stage-1 weights so both models can be compared.
+    """
+    if recipe.trainer is not None:                       # e.g. UniTalker trains on two datasets
+        return recipe.trainer(recipe, dataset, progress)
+    run = recipe.run_dir(dataset)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "recipe.json").write_text(json.dumps(
+        {"name": recipe.name, "class": recipe.model_class.__name__, "model": recipe.model.to_dict(),
+         "stage1": recipe.stage1.__dict__,
+         "stage2": recipe.stage2 and recipe.stage2.__dict__, "dataset": dataset_key(dataset)}, indent=1))
+    model = build(recipe, dataset)
+    train, val = dataset.sequences("train"), dataset.sequences("val") or None
+    n_train = len(dataset.train_subjects)
+    out: dict = {"run_dir": run}
+    if recipe.shares_stage1 is not None:
+        src, src_out = load_or_train(recipe.shares_stage1, dataset, progress, stages=(1,))
+        model.load_state_dict({k: v for k, v in src_out["stage1_state"].items()
+                               if not k.startswith("style_encoder.")}, strict=False)
+        h1 = src_out["history1"]
+    else:
+        h1 = fit(model, train, recipe.stage1, run / "stage1.pt", n_train, val, progress=progress)
+    out["history1"] = h1
+    out["stage1_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if 2 in stages and recipe.stage2 is not None and getattr(recipe.model, "use_memory", True):
+        h2 = fit(model, train, recipe.stage2, run / "stage2.pt", n_train, val, progress=progress)
+        out["history2"] = h2
+    model.eval()
+    return model, out
+
+
+def stage1_model(recipe: Recipe, dataset, trained: dict) -> MemoryTalker:
+    """A second model object holding the stage-1 weights (for side-by-side comparisons)."""
+    m = build(recipe, dataset)
+    m.load_state_dict(trained["stage1_state"])
+    return m.eval()
+
+
+@torch.no_grad()
+def predict(model, sequences: list[Sequence], stage: int = 2, batch_size: int = 8, n_train: int = 8,
+            return_features: bool = False, condition=None):
+    """Vertices (T, V, 3) for each sequence from its audio and template; optionally the recalled features.
+
+    The number of frames is the ground truth's (as the field evaluates), so predictions and ground
+    truth align frame by frame; `model.animate` instead derives it from the audio length.
+    condition: the training-speaker index one-hot methods are conditioned on (ignored by the others).
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    preds, feats, addrs = [], [], []
+    ds = FaceDataset(sequences, n_train)
+    for i in range(0, len(sequences), batch_size):
+        batch = to_device(collate([ds[j] for j in range(i, min(len(sequences), i + batch_size))]), dev)
+        res = model.predict_batch(batch, stage=stage, condition=condition, return_features=return_features)
+        pred = res[0] if return_features else res
+        for b, T in enumerate(batch["n_frames"].tolist()):
+            preds.append(pred[b, :T].reshape(T, -1, 3).cpu().numpy())
+            if return_features:
+                feats.append(None if res[1] is None else res[1][b, :T].cpu().numpy())
+                addrs.append(res[2][b, :T].cpu().numpy())
+    return (preds, feats, addrs) if return_features else preds
+
+
+def evaluate(model, dataset, split: str = "test", stage: int = 2, preds=None, condition=None):
+    """`metrics.evaluate` of a model on a split's protocol sentences (predictions computed if not given)."""
+    from .metrics import evaluate as _evaluate
+    seqs = dataset.sequences(split)
+    if preds is None:
+        preds = predict(model, seqs, stage, n_train=len(dataset.train_subjects), condition=condition)
+    gts = [s.vertices() for s in seqs]
+    masks = {"lips": dataset.template.mask("lips"), "upper_face": dataset.template.mask("upper_face")}
+    extractor = dataset.extractor() if hasattr(dataset, "extractor") else None
+    return _evaluate(preds, gts, masks, templates=[s.template.vertices for s in seqs], extractor=extractor,
+                     names=[s.name for s in seqs])

@@ -1,0 +1,169 @@
+"""Audio-guided stylization: MemoryTalker stage 2 ("animating"; paper Section 3.2, `memorytalker.md` 1.7).
+
+From the same audio that drives the face, a speaking-style encoder E_s reads an
+80-bin log-mel spectrogram and produces a style vector f_s (B, n), one weight per
+memory slot. The memory is re-weighted slot by slot,
+
+    w_s = sigmoid(f_s) * psi(f_s)             (Eq. 15; psi: Linear(n -> 1), no bias)
+    M~  = diag(w_s) M_m                       (Eq. 14; per sample: (B, n, c))
+
+and read with the same key address as in stage 1, so the recalled motion carries
+the speaker's style with no speaker ID and no reference mesh. E_s is trained with
+a triplet loss (Eq. 13) on f_s through a small MLP: the anchor and a positive from
+the same training speaker, a negative from another one, plus a lip loss.
+
+Unlike the released code, which averages w_s over the batch (harmless there, as
+it trains with batch 1), each sample keeps its own style here.
+
+The encoder is AdaIN-VC's speaker encoder (Chou et al. 2019; also in VQMIVC):
+a bank of convolutions with kernels 1..8, a 1x1 convolution, residual
+convolution blocks with subsampling, global average pooling, residual dense
+blocks and a linear output.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class StyleConfig:
+    n_mels: int = 80
+    channels: int = 128            # c_h and c_bank
+    bank_size: int = 8
+    n_conv_blocks: int = 6
+    n_dense_blocks: int = 6
+    subsample: tuple[int, ...] = (1, 2, 1, 2, 1, 2)
+    kernel_size: int = 5
+    out_dim: int = 256
+    triplet_margin: float = 1.0    # released code default (README: 5.0)
+
+    @classmethod
+    def default(cls) -> "StyleConfig":
+        """The released architecture at half the width (about a quarter of its cost on a CPU)."""
+        return cls(channels=64)
+
+    @classmethod
+    def smoke(cls) -> "StyleConfig":
+        return cls(channels=32, bank_size=4, n_conv_blocks=2, n_dense_blocks=2, subsample=(1, 2), out_dim=64)
+
+
+# --------------------------------------------------------------------------- log-mel
+def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None):
+    """(n_freqs, n_mels) triangular HTK-mel filters, no normalisation (torchaudio's melscale_fbanks defaults)."""
+    f_max = f_max or sample_rate / 2
+    hz_to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2)
+    f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]
+    slopes = f_pts[None, :] - all_freqs[:, None]                              # (n_freqs, n_mels + 2)
+    down = -slopes[:, :-2] / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.clamp(torch.minimum(down, up), min=0.0)
+
+
+class LogMel(nn.Module):
+    """Waveform (B, N) -> log-mel (B, n_mels, frames): n_fft 400, hop 160 (100 frames/s), power in dB.
+
+    Matches the released code's torchaudio MelSpectrogram(16000, n_fft=400, hop=160, n_mels=80)
+    followed by AmplitudeToDB() (10 log10 of the power, floored at 1e-10).
+    """
+
+    def __init__(self, n_mels: int = 80, sample_rate: int = 16000, n_fft: int = 400, hop: int = 160):
+        super().__init__()
+        self.n_fft, self.hop = n_fft, hop
+        self.register_buffer("window", torch.hann_window(n_fft), persistent=False)
+        self.register_buffer("fb", mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate), persistent=False)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        spec = torch.stft(audio, self.n_fft, self.hop, window=self.window, center=True, pad_mode="reflect",
+                          return_complex=True).abs() ** 2                       # (B, F, frames)
+        mel = torch.einsum("bft,fm->bmt", spec, self.fb)
+        return 10.0 * torch.log10(mel.clamp(min=1e-10))
+
+
+# --------------------------------------------------------------------------- the speaker encoder
+def _pad_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Reflect-pad so a stride-1 conv keeps the length (AdaIN-VC's pad_layer)."""
+    k = conv.kernel_size[0]
+    pad = (k // 2, k // 2 - 1) if k % 2 == 0 else (k // 2, k // 2)
+    if x.shape[-1] <= max(pad):
+        return conv(F.pad(x, pad, mode="replicate"))
+    return conv(F.pad(x, pad, mode="reflect"))
+
+
+class SpeakerEncoder(nn.Module):
+    """AdaIN-VC speaker encoder: log-mel (B, n_mels, frames) -> (B, out_dim)."""
+
+    def __init__(self, cfg: StyleConfig):
+        super().__init__()
+        c, n = cfg.channels, cfg.n_mels
+        self.bank = nn.ModuleList([nn.Conv1d(n, c, k) for k in range(1, cfg.bank_size + 1)])
+        self.in_conv = nn.Conv1d(c * cfg.bank_size + n, c, 1)
+        self.conv1 = nn.ModuleList([nn.Conv1d(c, c, cfg.kernel_size) for _ in range(cfg.n_conv_blocks)])
+        self.conv2 = nn.ModuleList([nn.Conv1d(c, c, cfg.kernel_size, stride=s) for s in cfg.subsample])
+        self.subsample = cfg.subsample
+        self.dense1 = nn.ModuleList([nn.Linear(c, c) for _ in range(cfg.n_dense_blocks)])
+        self.dense2 = nn.ModuleList([nn.Linear(c, c) for _ in range(cfg.n_dense_blocks)])
+        self.out = nn.Linear(c, cfg.out_dim)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([F.relu(_pad_conv(mel, conv)) for conv in self.bank] + [mel], dim=1)
+        h = F.relu(_pad_conv(h, self.in_conv))                                      # (B, c, frames)
+        for c1, c2, s in zip(self.conv1, self.conv2, self.subsample):
+            y = F.relu(_pad_conv(h, c1))
+            y = F.relu(_pad_conv(y, c2))
+            if s > 1:
+                h = F.avg_pool1d(h, kernel_size=s, ceil_mode=True)
+            h = h + y
+        h = h.mean(-1)                                                              # global average pool
+        for d1, d2 in zip(self.dense1, self.dense2):
+            h = h + F.relu(d2(F.relu(d1(h))))
+        return self.out(h)
+
+
+class StyleEncoder(nn.Module):
+    """E_s: waveform -> f_s (B, n) and slot weights w_s (B, n) (Eq. 15); `embed` feeds the triplet loss."""
+
+    def __init__(self, n_slots: int, cfg: StyleConfig | None = None):
+        super().__init__()
+        self.cfg = cfg or StyleConfig()
+        self.logmel = LogMel(self.cfg.n_mels)
+        self.encoder = SpeakerEncoder(self.cfg)
+        self.to_style = nn.Linear(self.cfg.out_dim, n_slots)                       # psi' (merged, as released)
+        self.to_scale = nn.Linear(n_slots, 1, bias=False)                          # psi_{->1}
+        self.style_mlp = nn.Sequential(nn.Linear(n_slots, n_slots), nn.ReLU(), nn.Linear(n_slots, n_slots))
+
+    def style(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """audio (B, N) padded, lengths (B,) -> f_s (B, n). Each clip is encoded on its own valid samples."""
+        out = []
+        for b in range(audio.shape[0]):
+            mel = self.logmel(audio[b:b + 1, :int(lengths[b])])                     # (1, n_mels, frames)
+            out.append(self.to_style(self.encoder(mel)))
+        return torch.cat(out, 0)
+
+    def weights(self, f_s: torch.Tensor) -> torch.Tensor:
+        """Eq. 15: w_s = sigmoid(f_s) * psi(f_s), (B, n)."""
+        return torch.sigmoid(f_s) * self.to_scale(f_s)
+
+    def embed(self, f_s: torch.Tensor) -> torch.Tensor:
+        return self.style_mlp(f_s)
+
+
+def stylize_memory(M: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:
+    """Eq. 14: M (n, c), w_s (B, n) -> M~ (B, n, c) = w_s[b, i] * M[i], one style per sample."""
+    return w_s[:, :, None] * M[None]
+
+
+def triplet_loss(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, margin: float) -> torch.Tensor:
+    """Eq. 13: mean over the batch of max(0, |a - p|_2 - |a - n|_2 + margin) (F.triplet_margin_loss, p = 2)."""
+    return F.triplet_margin_loss(anchor, positive, negative, margin=margin, p=2)

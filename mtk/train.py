@@ -1,0 +1,311 @@
+"""Training: one loop for every model in the kit, with checkpoints, resume and seeded determinism.
+
+A model plugs in by providing
+    forward(batch, stage) -> {"loss": scalar, "<term>": scalar, ...}
+    stage_parameters(stage) -> the parameters this stage trains
+and `fit` does the rest: padded batches from `data.collate`, Adam, tqdm progress
+bars, a validation loss per epoch, loss curves, a checkpoint written atomically
+after every epoch, and resuming from it after an interruption.
+
+MemoryTalker's released schedule (`memorytalker.md` 2.3): stage 1 Adam 1e-4,
+stage 2 Adam 5e-5 (only the style encoder trains), 100 epochs each, batch 1.
+Stage 2 batches carry a triplet: for each clip, a positive (another clip of the
+same training speaker) and a negative (a clip of another training speaker).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import FaceDataset, Sequence, collate
+
+
+@dataclass
+class TrainConfig:
+    """How to train one stage. Presets: `smoke`, `default`, `paper` (per stage)."""
+
+    stage: int = 1
+    epochs: int = 100
+    lr: float = 1e-4
+    batch_size: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    grad_clip: float | None = None
+    max_batches: int | None = None        # cap batches per epoch (smoke tests)
+    triplets: str = "sampled"             # stage 2: "sampled" (released: a positive and a negative per clip,
+                                          # 3 style-encoder passes) or "in_batch" (batches of speaker pairs)
+    cache: bool = True                    # keep materialised clips in memory (SynthVOCA fits easily)
+    normalize_loss: bool = True           # divide the loss by motion_scale^2 before backward (see `loss_scale`)
+
+    @classmethod
+    def paper(cls, stage: int, **kw) -> "TrainConfig":
+        kw = {"epochs": 100, "lr": 1e-4 if stage == 1 else 5e-5, "normalize_loss": False, **kw}
+        return cls(stage=stage, batch_size=1, device="cuda" if torch.cuda.is_available() else "cpu", **kw)
+
+    @classmethod
+    def default(cls, stage: int, **kw) -> "TrainConfig":
+        return cls(**{**dict(stage=stage, epochs=30 if stage == 1 else 10, lr=1e-3 if stage == 1 else 5e-4,
+                             batch_size=4, triplets="in_batch"), **kw})
+
+    @classmethod
+    def smoke(cls, stage: int, **kw) -> "TrainConfig":
+        return cls(**{**dict(stage=stage, epochs=2, lr=1e-3, batch_size=4, triplets="in_batch"), **kw})
+
+
+def loss_scale(model, cfg: TrainConfig) -> float:
+    """The factor the loss is multiplied by before backward (logged losses stay in their own units).
+
+    Vertex losses in m^2 are ~1e-6, so their gradients (~1e-10) fall below Adam's epsilon (1e-8) and
+    Adam's steps shrink by orders of magnitude. With `normalize_loss` every method's whole loss is
+    divided by motion_scale^2 (the squared RMS displacement of the training set): the same minimiser
+    and the same balance between a method's terms, with gradients Adam does not damp. A model whose
+    config already expresses its vertex losses in motion units (`loss_units="motion"`) is left as is.
+    """
+    mcfg = getattr(model, "cfg", None)
+    if not cfg.normalize_loss or mcfg is None or getattr(mcfg, "loss_units", "metres") == "motion":
+        return 1.0
+    s = getattr(mcfg, "motion_scale", 1.0)
+    return 1.0 / s ** 2 if s != 1.0 else 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def config_hash(*parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:10]
+
+
+class TripletDataset(torch.utils.data.Dataset):
+    """Wraps a FaceDataset: each item also carries a positive and a negative clip (audio only).
+
+    positive: a random other clip of the same training speaker; negative: a random
+    clip of a different training speaker (`memorytalker.md` 1.7, data_loader_contrastive.py).
+    Sampling is seeded per (epoch, index), so runs are reproducible.
+    """
+
+    def __init__(self, base: FaceDataset, seed: int = 0):
+        self.base = base
+        self.by_speaker: dict[int, list[int]] = {}
+        for i, s in enumerate(base.sequences):
+            if s.speaker < 0:
+                raise ValueError(f"triplets need training speakers; {s.name} has none")
+            self.by_speaker.setdefault(s.speaker, []).append(i)
+        if len(self.by_speaker) < 2:
+            raise ValueError("triplets need at least two training speakers")
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        rng = random.Random(hash((self.seed, self.epoch, i)))
+        item = self.base[i]
+        spk = self.base.sequences[i].speaker
+        same = [j for j in self.by_speaker[spk] if j != i] or [i]
+        other = rng.choice([s for s in self.by_speaker if s != spk])
+        pos, neg = self.base.sequences[rng.choice(same)], self.base.sequences[rng.choice(self.by_speaker[other])]
+        return {**item, "positive_audio": torch.from_numpy(pos.audio()), "negative_audio": torch.from_numpy(neg.audio())}
+
+
+class SpeakerPairBatches(torch.utils.data.Sampler):
+    """Batches made of pairs of clips of one speaker (so every batch holds positives and negatives).
+
+    Each epoch: the clips of every speaker are shuffled and paired, the pairs shuffled and packed
+    `batch_size // 2` to a batch. Seeded by (seed, epoch).
+    """
+
+    def __init__(self, speakers: list[int], batch_size: int, seed: int = 0):
+        if batch_size < 4:
+            raise ValueError(f"in-batch triplets need batch_size >= 4 (two pairs), got {batch_size}")
+        self.speakers, self.batch_size, self.seed, self.epoch = speakers, batch_size, seed, 0
+
+    def _batches(self):
+        rng = random.Random(hash((self.seed, self.epoch)))
+        pairs = []
+        for s in sorted(set(self.speakers)):
+            idx = [i for i, si in enumerate(self.speakers) if si == s]
+            rng.shuffle(idx)
+            pairs += [idx[k:k + 2] for k in range(0, len(idx), 2)]
+        rng.shuffle(pairs)
+        per = self.batch_size // 2
+        return [sum(pairs[k:k + per], []) for k in range(0, len(pairs), per)]
+
+    def __iter__(self):
+        return iter(self._batches())
+
+    def __len__(self):
+        return len(self._batches())
+
+
+def collate_triplets(batch):
+    out = collate(batch)
+    for key in ("positive", "negative"):
+        audios = [b[f"{key}_audio"] for b in batch]
+        n = max(len(a) for a in audios)
+        pad = torch.zeros(len(audios), n)
+        m = torch.zeros(len(audios), n, dtype=torch.bool)
+        for i, a in enumerate(audios):
+            pad[i, :len(a)], m[i, :len(a)] = a, True
+        out[key] = {"audio": pad, "audio_mask": m}
+    return out
+
+
+def to_device(batch: dict, device) -> dict:
+    out = {}
+    for k, v in batch.items():
+        if torch.is_tensor(v):
+            out[k] = v.to(device)
+        elif isinstance(v, dict):
+            out[k] = to_device(v, device)
+        else:
+            out[k] = v
+    return out
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a checkpoint is never half-written."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt_path: str | Path,
+        n_train_speakers: int, val: list[Sequence] | None = None, progress: bool = True,
+        extra_state: dict | None = None, callback=None) -> dict:
+    """Train `model` for one stage; resume from `ckpt_path` if it holds an unfinished run of the same config.
+
+    Returns the history: {"train": [{term: mean per epoch}], "val": [...], "seconds": [...]}.
+    The checkpoint holds the model, optimizer, RNG states, history and `extra_state`.
+    callback(epoch, history) runs after each epoch's checkpoint is written (e.g. a live loss plot).
+    """
+    from tqdm.auto import tqdm
+
+    ckpt_path = Path(ckpt_path)
+    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    model.to(device)
+    params = model.stage_parameters(cfg.stage)
+    trainable = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
+    groups = model.param_groups(cfg.stage, cfg.lr) if hasattr(model, "param_groups") else [{"params": params}]
+    opt = torch.optim.Adam(groups, lr=cfg.lr)
+    history = {"train": [], "val": [], "seconds": []}
+    start = 0
+    key = config_hash(asdict(cfg), getattr(model, "cfg", None) and model.cfg.to_dict(), [s.name for s in train])
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if ck.get("key") == key:
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            history, start = ck["history"], ck["epoch"]
+            torch.set_rng_state(ck["rng"]["torch"])
+            np.random.set_state(ck["rng"]["numpy"])
+            random.setstate(ck["rng"]["python"])
+            if start >= cfg.epochs:
+                return history
+            if progress:
+                print(f"resuming {ckpt_path.name} at epoch {start + 1}/{cfg.epochs}")
+    if start == 0:
+        seed_everything(cfg.seed)
+    base = FaceDataset(train, n_train_speakers, cache=cfg.cache)
+    sampled = cfg.stage == 2 and cfg.triplets == "sampled" and getattr(model, "cfg", None) is not None \
+        and getattr(model.cfg, "use_memory", False)
+    in_batch = cfg.stage == 2 and cfg.triplets == "in_batch"
+    dataset = TripletDataset(base, cfg.seed) if sampled else base
+    gen = torch.Generator().manual_seed(cfg.seed)
+    scale = loss_scale(model, cfg)
+    val_loader = None
+    if val:
+        val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_train_speakers), batch_size=cfg.batch_size,
+                                                 collate_fn=collate)
+    for epoch in range(start, cfg.epochs):
+        t0 = time.time()
+        gen.manual_seed(cfg.seed * 1000 + epoch)
+        if isinstance(dataset, TripletDataset):
+            dataset.epoch = epoch
+        if in_batch:
+            sampler = SpeakerPairBatches([s.speaker for s in train], cfg.batch_size, cfg.seed)
+            sampler.epoch = epoch
+            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+        else:
+            loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                                                 collate_fn=collate_triplets if sampled else collate)
+        model.train()
+        sums: dict[str, float] = {}
+        n = 0
+        bar = tqdm(loader, desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                   disable=not progress, total=min(len(loader), cfg.max_batches or len(loader)))
+        for i, batch in enumerate(bar):
+            if cfg.max_batches is not None and i >= cfg.max_batches:
+                break
+            batch["in_batch_triplets"] = in_batch
+            out = model(to_device(batch, device), stage=cfg.stage)
+            opt.zero_grad(set_to_none=True)
+            (out["loss"] * scale).backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            for k, v in out.items():
+                if torch.is_tensor(v) and v.dim() == 0:
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n += 1
+            bar.set_postfix(loss=f"{sums['loss'] / n:.3e}")
+        history["train"].append({k: v / max(n, 1) for k, v in sums.items()})
+        if val_loader is not None:
+            history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
+        history["seconds"].append(time.time() - t0)
+        state = {"key": key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                 "history": history, "train_config": asdict(cfg),
+                 "model_config": getattr(model, "cfg", None) and model.cfg.to_dict(),
+                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+                 **(extra_state or {})}
+        save_atomic(state, ckpt_path)
+        if progress:
+            msg = f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
+            if history["val"]:
+                msg += f", val mse {history['val'][-1]['mse']:.4e}"
+            print(msg + f" ({history['seconds'][-1]:.1f} s)", flush=True)
+        if callback is not None:
+            callback(epoch + 1, history)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    if cfg.stage == 1 and hasattr(model, "audio_encoder") and model.cfg.audio.freeze_feature_encoder:
+        for p in model.audio_encoder.model.feature_extractor.parameters():
+            p.requires_grad_(False)
+    return history
+
+
+@torch.no_grad()
+def evaluate_loss(model, loader, stage: int, device) -> dict:
+    """Mean vertex MSE (and velocity loss) on a loader, in eval mode: the model's inference path
+    (`validation_loss`) if it has one, else its training forward pass."""
+    model.eval()
+    sums, n = {}, 0
+    for batch in loader:
+        b = to_device(batch, device)
+        out = model.validation_loss(b, stage) if hasattr(model, "validation_loss") else model(b, stage=stage)
+        for k in ("mse", "vel"):
+            sums[k] = sums.get(k, 0.0) + float(out[k])
+        n += 1
+    model.train()
+    return {k: v / max(n, 1) for k, v in sums.items()}
+
+
+def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
+    """Load weights into `model`; returns the checkpoint dict."""
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    model.load_state_dict(ck["model"])
+    return ck

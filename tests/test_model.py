@@ -1,0 +1,219 @@
+"""MemoryTalker at the level a user acts: shapes, the memory's equations, both stages, training, inference."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from mtk import recipes
+from mtk.audio import AudioConfig
+from mtk.data import FaceDataset, collate
+from mtk.memory import MotionMemory
+from mtk.model import MemoryTalker, ModelConfig
+from mtk.stylize import LogMel, stylize_memory, triplet_loss
+from mtk.train import TrainConfig, TripletDataset, collate_triplets, fit
+
+
+@pytest.fixture(scope="module")
+def tiny(smoke_ds):
+    """The smoke recipe's untrained model: pretrained smoke encoder, the data's motion scale."""
+    torch.manual_seed(0)
+    cfg = recipes.memorytalker("smoke", smoke_ds, progress=False).model
+    return MemoryTalker(cfg, smoke_ds.template.mask("lips"))
+
+
+@pytest.fixture(scope="module")
+def batch(smoke_ds):
+    ds = FaceDataset(smoke_ds.sequences("train"), len(smoke_ds.train_subjects))
+    return collate([ds[i] for i in (0, 7, 13)])
+
+
+def test_memory_addresses_and_reads():
+    torch.manual_seed(0)
+    mem = MotionMemory(n_slots=5, dim=4, kappa=16.0)
+    logits = torch.randn(2, 3, 5)
+    K = mem.key_address(logits)
+    f_m = torch.randn(2, 3, 4)
+    V = mem.value_address(f_m)
+    for A in (K, V):
+        assert A.shape == (2, 3, 5) and torch.allclose(A.sum(-1), torch.ones(2, 3))
+    # Eq. 1 by hand for one frame: softmax over slots of 16 * cosine similarity
+    f, M = f_m[1, 2], mem.M.detach()
+    cos = torch.stack([torch.dot(f, M[i]) / (f.norm() * M[i].norm()) for i in range(5)])
+    assert torch.allclose(V[1, 2], torch.softmax(16 * cos, 0), atol=1e-6)
+    # Eq. 2/6: a read is the address-weighted sum of slots
+    assert torch.allclose(mem.read(K)[0, 1], (K[0, 1, :, None] * M).sum(0), atol=1e-6)
+    # Eq. 7 with B = 1 equals the released code's kl_div(V.log(), K, 'batchmean') (a sum over frames)
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    ref = torch.nn.functional.kl_div(V[:1].log(), torch.softmax(16 * logits[:1], -1), reduction="batchmean")
+    assert torch.allclose(MotionMemory.align_loss(logits[:1], V[:1], 16.0, mask), ref, atol=1e-5)
+
+
+def test_stylized_memory_keeps_one_style_per_sample():
+    M = torch.randn(4, 3)
+    w = torch.tensor([[1.0, 2.0, 0.5, 0.0], [0.0, 1.0, 1.0, 3.0]])
+    Ms = stylize_memory(M, w)
+    assert Ms.shape == (2, 4, 3)
+    assert torch.allclose(Ms[0], M * w[0, :, None]) and torch.allclose(Ms[1], M * w[1, :, None])
+    assert triplet_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.tensor([[10.0, 0.0]]), margin=1.0) == 0
+
+
+def test_logmel_puts_a_tone_in_the_right_band():
+    t = torch.arange(16000) / 16000
+    mel = LogMel()(torch.sin(2 * np.pi * 1000 * t)[None])          # (1, 80, 101)
+    assert mel.shape == (1, 80, 101)
+    peak = int(mel[0, :, 50].argmax())
+    hz = 700 * (10 ** (np.linspace(0, 2595 * np.log10(1 + 8000 / 700), 82)[peak + 1] / 2595) - 1)
+    assert 850 < hz < 1150
+
+
+def test_forward_shapes_and_losses(tiny, batch):
+    B, T, D = batch["vertices"].shape
+    for stage in (1, 2):
+        out = tiny(batch, stage=stage)
+        assert out["pred"].shape == (B, T, D) and out["logits"].shape == (B, T, tiny.cfg.n_slots)
+        assert torch.isfinite(out["loss"])
+    assert {"mse", "vel", "mem", "align"} <= set(tiny(batch, stage=1))
+    assert {"mse", "vel", "lip"} <= set(tiny(batch, stage=2))
+
+
+def test_zero_initialised_output_starts_at_the_template(smoke_ds, batch):
+    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips")).eval()
+    pred = m.predict(batch["audio"], batch["audio_mask"].sum(1), batch["n_frames"], batch["template"], stage=1)
+    assert torch.allclose(pred, batch["template"][:, None].expand_as(pred))
+
+
+def test_one_step_lowers_the_loss(tiny, batch):
+    m = copy.deepcopy(tiny)
+    m.train()
+    torch.manual_seed(1)
+    opt = torch.optim.Adam(m.stage_parameters(1), lr=1e-3)
+    m.eval()                                     # no dropout: compare the same function before and after
+    before = float(m(batch, 1)["mse"].detach())
+    out = m(batch, 1)
+    opt.zero_grad()
+    out["loss"].backward()
+    opt.step()
+    assert float(m(batch, 1)["mse"]) < before
+
+
+def test_stage2_leaves_stage1_parameters_unchanged(smoke_ds, tmp_path):
+    torch.manual_seed(0)
+    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips"))
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fit(m, smoke_ds.sequences("train"), TrainConfig.smoke(2, epochs=1, max_batches=2), tmp_path / "s2.pt",
+        len(smoke_ds.train_subjects), progress=False)
+    after = m.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("style_encoder.") for k in changed)
+
+
+def test_same_seed_same_weights_and_resume(smoke_ds, tmp_path):
+    train = smoke_ds.sequences("train")
+    cfg = TrainConfig.smoke(1, epochs=2, max_batches=2)
+
+    def run(path, epochs_first=None):
+        torch.manual_seed(0)
+        m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips"))
+        if epochs_first:          # an interrupted run: stopped after 1 epoch, then a fresh model resumes
+            def interrupt(epoch, history):
+                if epoch == epochs_first:
+                    raise KeyboardInterrupt
+            with pytest.raises(KeyboardInterrupt):
+                fit(m, train, cfg, path, 3, progress=False, callback=interrupt)
+            torch.manual_seed(123)
+            m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips"))
+        fit(m, train, cfg, path, 3, progress=False)
+        return m.state_dict()
+
+    a, b = run(tmp_path / "a.pt"), run(tmp_path / "b.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = run(tmp_path / "c.pt", epochs_first=1)
+    assert all(torch.allclose(a[k], c[k]) for k in a)
+
+
+def test_checkpoint_roundtrip(smoke_ds, tmp_path, batch):
+    r = recipes.memorytalker("smoke", smoke_ds)
+    r.stage1.max_batches = r.stage2.max_batches = 1
+    model, out = recipes.load_or_train(r, smoke_ds, progress=False)
+    again, _ = recipes.load_or_train(r, smoke_ds, progress=False)              # loads, does not retrain
+    args = (batch["audio"], batch["audio_mask"].sum(1), batch["n_frames"], batch["template"])
+    assert torch.equal(model.predict(*args, stage=2), again.predict(*args, stage=2))
+    assert (out["run_dir"] / "stage1.pt").exists() and (out["run_dir"] / "stage2.pt").exists()
+
+
+def test_triplets_are_same_and_different_speakers(smoke_ds):
+    base = FaceDataset(smoke_ds.sequences("train"), 3)
+    td = TripletDataset(base, seed=0)
+    b = collate_triplets([td[i] for i in range(4)])
+    assert b["positive"]["audio"].shape[0] == 4 and b["negative"]["audio_mask"].dtype == torch.bool
+    by_audio = {len(s.audio()): s.subject for s in base.sequences}
+    for i in range(4):
+        spk = base.sequences[i].subject
+        n_pos = int(b["positive"]["audio_mask"][i].sum())
+        n_neg = int(b["negative"]["audio_mask"][i].sum())
+        assert by_audio[n_pos] == spk and by_audio[n_neg] != spk
+
+
+def test_tiny_random_init_encoders_run_end_to_end(smoke_ds):
+    seq = smoke_ds.sequences("test")[0]
+    for kind in ("hubert", "wav2vec2"):
+        cfg = ModelConfig.smoke(smoke_ds.template.V * 3)
+        cfg.audio = AudioConfig(kind=kind, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=32, conv_dim=(16,) * 7)
+        m = MemoryTalker(cfg, smoke_ds.template.mask("lips"))
+        v = m.animate(seq.audio(), 16000, seq.template)
+        assert v.shape == (len(seq.vertices()), smoke_ds.template.V, 3) and np.isfinite(v).all()
+
+
+def test_pretrained_without_network_names_the_small_default(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from mtk.audio import load_hf_model
+    with pytest.raises(OSError, match=r"AudioConfig.default\(\)"):
+        load_hf_model(AudioConfig(pretrained="facebook/hubert-base-ls960-not-cached"))
+
+
+def test_animate_handles_rates_stereo_and_long_clips(tiny, smoke_ds):
+    seq = smoke_ds.sequences("test")[0]
+    a = seq.audio()
+    T = len(seq.vertices())
+    v16 = tiny.animate(a, 16000, seq.template)
+    assert v16.shape == (T, smoke_ds.template.V, 3)
+    from scipy.signal import resample_poly
+    a44 = resample_poly(a, 441, 160)
+    stereo = np.stack([a44, a44], 1)
+    v44 = tiny.animate(stereo, 44100, seq.template.vertices)
+    assert abs(len(v44) - T) <= 1
+    long = np.tile(a, 30)                          # ~50 s, longer than the 20 s window
+    m = copy.deepcopy(tiny)
+    m.cfg.max_window_frames = 90
+    vl = m.animate(long, 16000, seq.template)
+    assert len(vl) >= 29 * T and np.isfinite(vl).all()
+
+
+def test_animate_rejects_bad_audio(tiny, smoke_ds):
+    t = smoke_ds.template
+    with pytest.raises(ValueError, match="empty"):
+        tiny.animate(np.zeros(0), 16000, t)
+    with pytest.raises(ValueError, match="silent"):
+        tiny.animate(np.zeros(16000), 16000, t)
+    with pytest.raises(ValueError, match="non-finite"):
+        tiny.animate(np.full(16000, np.nan), 16000, t)
+    with pytest.raises(ValueError, match="ms long"):
+        tiny.animate(np.random.default_rng(0).normal(size=800) * 0.1, 16000, t)
+    with pytest.raises(ValueError, match="vertices"):
+        tiny.animate(np.random.default_rng(0).normal(size=16000) * 0.1, 16000, np.zeros((10, 3)))
+
+
+def test_audio_features_do_not_depend_on_the_batch(smoke_ds, tiny):
+    """A clip's encoder features are the same alone and inside a padded batch (GroupNorm over time)."""
+    ds = FaceDataset(smoke_ds.sequences("train"), 3)
+    items = [ds[i] for i in (0, 5)]
+    enc = tiny.audio_encoder.eval()
+    both = collate(items)
+    alone = collate(items[:1])
+    with torch.no_grad():
+        h2 = enc(both["audio"], both["audio_mask"].sum(1), both["n_frames"])
+        h1 = enc(alone["audio"], alone["audio_mask"].sum(1), alone["n_frames"])
+    T = int(alone["n_frames"][0])
+    assert torch.allclose(h1[0, :T], h2[0, :T], atol=1e-4)
