@@ -19,19 +19,20 @@ their valid samples, as `Wav2Vec2Processor` does for FaceFormer and MemoryTalker
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .configs import Config
 
 SAMPLE_RATE = 16000
 FPS = 30
 
 
 @dataclass
-class AudioConfig:
+class AudioConfig(Config):
     """An audio encoder. `pretrained` is a hub name or local folder; None builds a random-init model."""
 
     kind: str = "hubert"                   # "hubert" | "wav2vec2"
@@ -147,9 +148,7 @@ class AudioEncoder(nn.Module):
 
 
 def config_dict(cfg: AudioConfig) -> dict:
-    d = asdict(cfg)
-    d["conv_dim"] = list(d["conv_dim"])
-    return d
+    return cfg.to_dict()
 
 
 # --------------------------------------------------------------------------- stand-in for ASR pretraining
@@ -181,8 +180,8 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
     if (out_dir / "pretrain.json").exists():
         return out_dir
     torch.manual_seed(seed)
-    enc = AudioEncoder(AudioConfig(**{**config_dict(cfg), "pretrained": None, "freeze_feature_encoder": False,
-                                      "conv_dim": tuple(cfg.conv_dim)}))
+    from dataclasses import replace
+    enc = AudioEncoder(replace(cfg, pretrained=None, freeze_feature_encoder=False))
     clf = nn.Linear(enc.hidden_size, len(PHONEMES))
     params = list(enc.parameters()) + list(clf.parameters())
     opt = torch.optim.Adam(params, lr=lr)

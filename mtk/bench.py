@@ -235,7 +235,7 @@ def bench_inference(argv: Sequence[str] = ()) -> int:
     from mtk.speech import synthesize
     from mtk.template import Template
 
-    text, audio = "", np.zeros(0, np.float32)
+    audio = np.zeros(0, np.float32)
     i = 0
     while len(audio) < args.seconds * 16000:
         audio = np.concatenate([audio, synthesize(SENTENCES[i]).audio])

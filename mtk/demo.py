@@ -54,7 +54,7 @@ def animate_file(audio_path, out_paths, preset: str = "default", stage: int = 2,
         if p.suffix == ".npy":
             np.save(p, verts.astype(np.float32))
         elif p.suffix == ".html":
-            from .viz import k3d_face, save_html
+            from .viz import k3d_face
             plot = k3d_face(template, verts)
             plot.snapshot_type = "full"                               # works offline
             p.write_text(plot.get_snapshot(additional_js_code="K3DInstance.startAutoPlay();"))

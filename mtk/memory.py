@@ -66,6 +66,24 @@ class MotionMemory(nn.Module):
         err = ((f_val - f) ** 2).mean(-1)                                          # (B, T)
         return (err * mask).sum() / mask.sum().clamp(min=1), V
 
+    @torch.no_grad()
+    def revive(self, V: torch.Tensor, f_m: torch.Tensor, mask: torch.Tensor, min_usage: float,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reset dead slots (not in the paper; the kit's default preset, see docs/deviations.md).
+
+        A slot whose share of the value address over the batch's real frames is below `min_usage` gets
+        no gradient from L_mem again (softmax(16 cos) is nearly hard), so the memory collapses onto a few
+        slots. As in VQ-VAE codebook restarts, such a slot is set to the motion feature of a random real
+        frame of the batch. Returns the number of slots reset (a scalar tensor, for the logs).
+        """
+        usage = (V * mask[..., None]).sum((0, 1)) / mask.sum().clamp(min=1)       # (n,) sums to 1
+        dead = torch.nonzero(usage < min_usage).flatten()
+        if len(dead):
+            frames = f_m.detach()[mask]                                              # (frames, c)
+            pick = torch.randint(len(frames), (len(dead),), generator=generator, device=frames.device)
+            self.M.data[dead] = frames[pick]
+        return torch.tensor(float(len(dead)))
+
     @staticmethod
     def align_loss(logits: torch.Tensor, V: torch.Tensor, kappa: float, mask: torch.Tensor) -> torch.Tensor:
         """Eq. 7: KL(softmax(kappa logits) || V), the key address detached; summed over frames, divided by B.

@@ -27,20 +27,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .configs import Config
 from .audio import AudioConfig, AudioEncoder, frames_for, normalize_waveform
 from .memory import MotionMemory
 from .stylize import StyleConfig, StyleEncoder, stylize_memory, triplet_loss
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """MemoryTalker's architecture. Presets: `smoke` (CI), `default` (SynthVOCA on a CPU), `paper` (VOCASET)."""
 
     vertex_dim: int = 15069              # V * 3 (FLAME: 5023 * 3)
@@ -64,6 +65,8 @@ class ModelConfig:
                                          # (see docs/deviations.md)
     memory_lr_scale: float = 1.0         # the memory's learning rate relative to the rest (stage 1)
     slot_init: str = "xavier"            # "xavier" (released) or "matched": slots start at E_m's output norm
+    revive_slots: float = 0.0            # stage 1: a slot addressed less than this fraction of the batch's frames
+                                         # (by V) is reset to a random motion feature of the batch (0: off)
     loss_units: str = "metres"           # "metres" (released: MSE in m^2) or "motion": vertex losses divided
                                          # by motion_scale^2, so the lambda-weighted terms are balanced
     audio: AudioConfig = field(default_factory=AudioConfig.default)
@@ -86,19 +89,6 @@ class ModelConfig:
     @classmethod
     def paper(cls, vertex_dim: int = 15069, **kw) -> "ModelConfig":
         return cls(vertex_dim=vertex_dim, audio=AudioConfig.paper(), **kw)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["audio"]["conv_dim"] = list(d["audio"]["conv_dim"])
-        d["style"]["subsample"] = list(d["style"]["subsample"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        d = dict(d)
-        a, s = dict(d.pop("audio")), dict(d.pop("style"))
-        a["conv_dim"], s["subsample"] = tuple(a["conv_dim"]), tuple(s["subsample"])
-        return cls(**d, audio=AudioConfig(**a), style=StyleConfig(**s))
 
 
 class PeriodicPositionalEncoding(nn.Module):
@@ -256,6 +246,8 @@ class MemoryTalker(nn.Module):
             pred = self.decode(f_txt, f_key, mask, template)
             f_m = self.motion_features(verts - template[:, None])               # (B, T, c)
             l_mem, V = self.memory.memory_loss(f_m, mask)
+            if self.training and self.cfg.revive_slots > 0:
+                out["revived"] = self.memory.revive(V, f_m, mask, self.cfg.revive_slots)
             l_align = self.memory.align_loss(logits, V, self.cfg.kappa, mask)
             out["mse"], out["vel"] = self.vertex_losses(pred, verts, mask)
             if self.cfg.teacher_forced_pass:

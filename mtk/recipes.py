@@ -78,6 +78,26 @@ def train_config(preset: str, stage: int, epochs: int, **kw) -> TrainConfig:
                        triplets=kw.pop("triplets", "in_batch"), **kw)
 
 
+def method_recipe(name: str, preset: str, dataset, presets: dict, model_class, progress: bool = True,
+                  stages: list[TrainConfig] | None = None, trainer=None, **model_kw) -> Recipe:
+    """A baseline's recipe the way every method builds it: the preset's config from `presets`
+    ({"smoke": Cfg.smoke, ...}, called with V*3 and model_kw), the shared pretrained audio encoder
+    (except "paper"), the data's motion scale if the config has one, and one stage with the preset's
+    whole budget unless `stages` says otherwise."""
+    from dataclasses import fields
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}")
+    if preset != "paper" and "audio" not in model_kw:
+        model_kw["audio"] = pretrained_audio(preset, dataset, progress)
+    cfg_cls = presets[preset].__self__
+    if "motion_scale" in {f.name for f in fields(cfg_cls)} and "motion_scale" not in model_kw:
+        model_kw["motion_scale"] = round(motion_scale(dataset.sequences("train")), 6)
+    cfg = presets[preset](dataset.template.V * 3, **model_kw)
+    stages = stages or [train_config(preset, 1, budget(preset)["epochs"])]
+    return Recipe(f"{name}-{preset}", cfg, stages[0], stages[1] if len(stages) > 1 else None, model_class,
+                  trainer=trainer)
+
+
 def pretrained_audio(preset: str, dataset, progress: bool = True) -> AudioConfig:
     """The audio encoder every method of a preset starts from.
 

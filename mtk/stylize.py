@@ -28,10 +28,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .configs import Config
 
 
 @dataclass
-class StyleConfig:
+class StyleConfig(Config):
     n_mels: int = 80
     channels: int = 128            # c_h and c_bank
     bank_size: int = 8

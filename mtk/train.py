@@ -25,11 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .configs import Config
 from .data import FaceDataset, Sequence, collate
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """How to train one stage. Presets: `smoke`, `default`, `paper` (per stage)."""
 
     stage: int = 1

@@ -204,7 +204,9 @@ def player(plot, n_frames: int, fps: int = 30, audio=None, sample_rate: int = 16
         out = w.Output()
         with out:
             from IPython.display import display
-            display(Audio(np.asarray(audio), rate=sample_rate))
+            a = np.asarray(audio, dtype=np.float32)
+            # IPython normalizes by the peak; an all-zero clip would divide by zero
+            display(Audio(a, rate=sample_rate, normalize=bool(np.abs(a).max() > 0)))
         rows.append(out)
     return w.VBox(rows)
 
@@ -226,7 +228,6 @@ def render_frames(vertices, faces, size: int = 480, yaw_deg: float = 20.0, zoom:
     """Yield RGB uint8 frames (size, size, 3) of an animation (T, V, 3): a fast 2D painter's-algorithm
     render (orthographic, Lambert shading; faces seen from behind, e.g. inside the open mouth, dark red).
     Uses a matplotlib Agg canvas, so it needs no display and no OpenGL."""
-    import matplotlib
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import PolyCollection
     from matplotlib.figure import Figure

@@ -1,7 +1,6 @@
 """Tests for mtk.metrics: hand-computed toys, invariances, pooling, errors."""
 
 import csv
-import math
 
 import numpy as np
 import pytest

@@ -61,21 +61,21 @@ Deviations (each with its reason):
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
-from ..data import motion_scale
 from ..model import PeriodicPositionalEncoding, masked_mse, vertex_losses
-from ..recipes import Recipe, budget, pretrained_audio, train_config
+from ..recipes import Recipe, budget, train_config, method_recipe
 from .faceformer import alibi_slopes, condition_indices, decode, decoder_step, eval_mode, wav2vec2_base
 
 
 @dataclass
-class CodeTalkerConfig:
+class CodeTalkerConfig(Config):
     """CodeTalker's two networks. Presets: `smoke` (CI), `default` (SynthVOCA on a CPU), `paper` (VOCASET)."""
 
     vertex_dim: int = 15069              # V * 3
@@ -122,10 +122,6 @@ class CodeTalkerConfig:
                          tokens_per_frame=16, dim=1024, n_layers=6, n_heads=4, ff_dim=2048)
         return cls(vertex_dim=vertex_dim, **{**published, **kw})
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["audio"]["conv_dim"] = list(d["audio"]["conv_dim"])
-        return d
 
 
 # --------------------------------------------------------------------------- padding-aware temporal ops
@@ -372,22 +368,16 @@ class CodeTalker(nn.Module):
 STAGE1_SHARE = 0.4      # of the preset's epochs; the rest goes to stage 2
 
 
-def recipe(preset: str, dataset, progress: bool = True, **model_kw):
+def recipe(preset: str, dataset, progress: bool = True, **model_kw) -> Recipe:
     """CodeTalker under a preset's budget: stage 1 (VQ-VAE) 40 % of the epochs, stage 2 the rest.
 
     Audio: the kit's shared pretrained encoder (smoke/default) or wav2vec2-base-960h (paper).
     Stage 2 uses plain shuffled batches (no speaker-pair sampling) and, in "paper", the released lr 1e-4.
     """
-    presets = {"smoke": CodeTalkerConfig.smoke, "default": CodeTalkerConfig.default, "paper": CodeTalkerConfig.paper}
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(presets)}")
-    if preset != "paper" and "audio" not in model_kw:
-        model_kw["audio"] = pretrained_audio(preset, dataset, progress)
-    model_kw.setdefault("motion_scale", round(motion_scale(dataset.sequences("train")), 6))
-    cfg = presets[preset](dataset.template.V * 3, **model_kw)
     b = budget(preset)
     e1 = max(1, round(STAGE1_SHARE * b["epochs"]))
     e2 = max(1, b["epochs"] - e1)
-    stage2 = train_config(preset, 2, e2, triplets="none")
-    return Recipe(name=f"codetalker-{preset}", model=cfg, stage1=train_config(preset, 1, e1),
-                  stage2=replace(stage2, lr=b["lr"]), model_class=CodeTalker)
+    stage2 = replace(train_config(preset, 2, e2, triplets="none"), lr=b["lr"])
+    presets = {"smoke": CodeTalkerConfig.smoke, "default": CodeTalkerConfig.default, "paper": CodeTalkerConfig.paper}
+    return method_recipe("codetalker", preset, dataset, presets, CodeTalker, progress,
+                         stages=[train_config(preset, 1, e1), stage2], **model_kw)

@@ -50,20 +50,20 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
-from ..data import motion_scale
 from ..model import PeriodicPositionalEncoding, alignment_mask, vertex_losses
-from ..recipes import Recipe, budget, pretrained_audio, train_config
+from ..recipes import Recipe, method_recipe
 
 
 @dataclass
-class FaceFormerConfig:
+class FaceFormerConfig(Config):
     """FaceFormer's architecture. Presets: `smoke` (CI), `default` (SynthVOCA on a CPU), `paper` (VOCASET)."""
 
     vertex_dim: int = 15069              # V * 3
@@ -92,10 +92,6 @@ class FaceFormerConfig:
         kw.setdefault("audio", wav2vec2_base())
         return cls(vertex_dim=vertex_dim, **kw)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["audio"]["conv_dim"] = list(d["audio"]["conv_dim"])
-        return d
 
 
 def wav2vec2_base() -> AudioConfig:
@@ -295,18 +291,10 @@ class FaceFormer(nn.Module):
 
 
 # --------------------------------------------------------------------------- recipe
-def recipe(preset: str, dataset, progress: bool = True, **model_kw):
+def recipe(preset: str, dataset, progress: bool = True, **model_kw) -> Recipe:
     """FaceFormer under a preset's budget: one stage gets all `budget(preset)["epochs"]`.
 
     Audio: the kit's shared pretrained encoder (smoke/default) or wav2vec2-base-960h (paper).
     """
     presets = {"smoke": FaceFormerConfig.smoke, "default": FaceFormerConfig.default, "paper": FaceFormerConfig.paper}
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(presets)}")
-    if preset != "paper" and "audio" not in model_kw:
-        model_kw["audio"] = pretrained_audio(preset, dataset, progress)
-    model_kw.setdefault("motion_scale", round(motion_scale(dataset.sequences("train")), 6))
-    cfg = presets[preset](dataset.template.V * 3, **model_kw)
-    b = budget(preset)
-    return Recipe(name=f"faceformer-{preset}", model=cfg, stage1=train_config(preset, 1, b["epochs"]),
-                  stage2=None, model_class=FaceFormer)
+    return method_recipe("faceformer", preset, dataset, presets, FaceFormer, progress, **model_kw)

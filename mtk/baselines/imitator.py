@@ -64,23 +64,23 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
 from ..articulation import PHONEMES, strip_stress
+from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..data import FaceDataset, collate
-from ..data import motion_scale as dataset_motion_scale
 from ..model import alignment_mask, vertex_losses
-from ..recipes import Recipe, budget, pretrained_audio, train_config
+from ..recipes import Recipe, method_recipe
 
 BILABIALS = ("p", "b", "m")
 
 
 @dataclass
-class ImitatorConfig:
+class ImitatorConfig(Config):
     """Imitator's architecture and generalised-training loss. Presets: smoke, default, paper."""
 
     vertex_dim: int = 15069              # V * 3
@@ -112,19 +112,6 @@ class ImitatorConfig:
     def paper(cls, vertex_dim: int = 15069, **kw) -> "ImitatorConfig":
         kw.setdefault("audio", paper_audio())
         return cls(vertex_dim=vertex_dim, **kw)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["audio"]["conv_dim"] = list(d["audio"]["conv_dim"])
-        d["mbp_falloff"] = list(d["mbp_falloff"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "ImitatorConfig":
-        d = dict(d)
-        a = dict(d.pop("audio"))
-        a["conv_dim"] = tuple(a["conv_dim"])
-        return cls(**{**d, "mbp_falloff": tuple(d["mbp_falloff"])}, audio=AudioConfig(**a))
 
 
 def paper_audio() -> AudioConfig:
@@ -328,7 +315,7 @@ def decoder_step(layer: nn.TransformerDecoderLayer, x, keys, a_t) -> torch.Tenso
 
 # --------------------------------------------------------------------------- test-time style adaptation
 @dataclass
-class AdaptConfig:
+class AdaptConfig(Config):
     """How to adapt the style code to an unseen speaker (evaluation, not part of the training budget)."""
 
     steps: int = 500                     # Adam steps (style only: each on all reference frames)
@@ -516,13 +503,5 @@ def adapt_to_speakers(model: Imitator, dataset, split: str = "test", cfg: AdaptC
 def recipe(preset: str, dataset, progress: bool = True, **model_kw) -> Recipe:
     """Imitator's generalised training under a preset's budget (one stage, all the preset's epochs).
     Adaptation (`adapt_to_speakers`, `AdaptConfig.<preset>()`) is part of evaluation."""
-    V3 = dataset.template.V * 3
-    b = budget(preset)
-    model_kw.setdefault("motion_scale", round(dataset_motion_scale(dataset.sequences("train")), 6))
-    if preset in ("smoke", "default"):
-        model_kw.setdefault("audio", pretrained_audio(preset, dataset, progress))
     presets = {"smoke": ImitatorConfig.smoke, "default": ImitatorConfig.default, "paper": ImitatorConfig.paper}
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
-    return Recipe(name=f"imitator-{preset}", model=presets[preset](V3, **model_kw),
-                  stage1=train_config(preset, 1, b["epochs"]), stage2=None, model_class=Imitator)
+    return method_recipe("imitator", preset, dataset, presets, Imitator, progress, **model_kw)

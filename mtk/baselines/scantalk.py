@@ -70,7 +70,7 @@ import hashlib
 import os
 import tempfile
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -81,15 +81,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
+from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder, frames_for
-from ..data import motion_scale
 from ..model import vertex_losses
 from ..paths import data_dir
-from ..recipes import Recipe, budget, pretrained_audio, train_config
+from ..recipes import Recipe, method_recipe
 
 
 @dataclass
-class ScanTalkConfig:
+class ScanTalkConfig(Config):
     """ScanTalk's architecture. Presets: `smoke` (CI), `default` (SynthVOCA on a CPU), `paper` (released)."""
 
     vertex_dim: int = 15069              # V * 3 of the training template (bookkeeping: the network ignores V)
@@ -125,17 +125,7 @@ class ScanTalkConfig:
         kw.setdefault("audio", AudioConfig.paper())
         return cls(vertex_dim=vertex_dim, **kw)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["audio"]["conv_dim"] = list(d["audio"]["conv_dim"])
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ScanTalkConfig":
-        d = dict(d)
-        a = dict(d.pop("audio"))
-        a["conv_dim"] = tuple(a["conv_dim"])
-        return cls(**d, audio=AudioConfig(**a))
 
 
 # --------------------------------------------------------------------------- per-template operators
@@ -546,16 +536,8 @@ class ScanTalk(nn.Module):
         return out.view(T, -1, 3).cpu().numpy()
 
 
-def recipe(preset: str, dataset, progress: bool = True, **model_kw):
-    """ScanTalk's recipe for a preset ("smoke", "default", "paper"); model_kw override config fields.
-
-    One stage with the preset's whole budget (epochs, lr, batch size): `recipes.budget`.
-    """
+def recipe(preset: str, dataset, progress: bool = True, **model_kw) -> Recipe:
+    """ScanTalk's recipe for a preset ("smoke", "default", "paper"): one stage with the preset's whole
+    budget (epochs, lr, batch size): `recipes.budget`. Paper: HuBERT-base."""
     presets = {"smoke": ScanTalkConfig.smoke, "default": ScanTalkConfig.default, "paper": ScanTalkConfig.paper}
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(presets)}")
-    model_kw.setdefault("audio", pretrained_audio(preset, dataset, progress))
-    model_kw.setdefault("motion_scale", round(motion_scale(dataset.sequences("train")), 6))
-    cfg = presets[preset](dataset.template.V * 3, **model_kw)
-    return Recipe(name=f"scantalk-{preset}", model=cfg, stage1=train_config(preset, 1, budget(preset)["epochs"]),
-                  stage2=None, model_class=ScanTalk)
+    return method_recipe("scantalk", preset, dataset, presets, ScanTalk, progress, **model_kw)

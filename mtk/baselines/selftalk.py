@@ -70,7 +70,7 @@ from __future__ import annotations
 
 import copy
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -78,14 +78,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..articulation import PHONEMES
+from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
-from ..data import motion_scale as dataset_motion_scale
 from ..model import vertex_losses
-from ..recipes import Recipe, budget, pretrained_audio, train_config
+from ..recipes import Recipe, method_recipe
 
 
 @dataclass
-class SelfTalkConfig:
+class SelfTalkConfig(Config):
     """SelfTalk's architecture. The interpreter's width is the audio encoder's hidden size
     (its features are compared with the recogniser's hidden states, 1024 = 1024 as published)."""
 
@@ -125,17 +125,7 @@ class SelfTalkConfig:
         kw.setdefault("audio", paper_audio())
         return cls(vertex_dim=vertex_dim, **kw)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["audio"]["conv_dim"] = list(d["audio"]["conv_dim"])
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "SelfTalkConfig":
-        d = dict(d)
-        a = dict(d.pop("audio"))
-        a["conv_dim"] = tuple(a["conv_dim"])
-        return cls(**d, audio=AudioConfig(**a))
 
 
 def paper_audio() -> AudioConfig:
@@ -291,13 +281,5 @@ def eval_mode(model: nn.Module):
 
 def recipe(preset: str, dataset, progress: bool = True, **model_kw) -> Recipe:
     """SelfTalk under a preset's budget (one stage, all the preset's epochs)."""
-    V3 = dataset.template.V * 3
-    b = budget(preset)
-    model_kw.setdefault("motion_scale", round(dataset_motion_scale(dataset.sequences("train")), 6))
-    if preset in ("smoke", "default"):
-        model_kw.setdefault("audio", pretrained_audio(preset, dataset, progress))
     presets = {"smoke": SelfTalkConfig.smoke, "default": SelfTalkConfig.default, "paper": SelfTalkConfig.paper}
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
-    return Recipe(name=f"selftalk-{preset}", model=presets[preset](V3, **model_kw),
-                  stage1=train_config(preset, 1, b["epochs"]), stage2=None, model_class=SelfTalk)
+    return method_recipe("selftalk", preset, dataset, presets, SelfTalk, progress, **model_kw)

@@ -71,11 +71,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
-from ..data import FaceDataset, Sequence, SynthVOCA, collate
+from ..data import motion_scale, FaceDataset, Sequence, SynthVOCA, collate
 from ..model import masked_mse, vertex_losses
 from ..paths import data_dir
-from ..recipes import Recipe, budget, build, dataset_key, pretrained_audio, train_config
+from ..recipes import build, dataset_key, method_recipe
 from ..synthvoca import SynthConfig, generate
 from ..train import TrainConfig, save_atomic, config_hash, evaluate_loss, seed_everything, to_device
 
@@ -97,7 +98,7 @@ def second_dataset_config(preset: str) -> dict:
 
 
 @dataclass
-class UniTalkerConfig:
+class UniTalkerConfig(Config):
     """UniTalker's architecture. Presets: `smoke` (CI), `default` (SynthVOCA on a CPU), `paper` (UniTalker-B)."""
 
     vertex_dim: int = 15069              # V * 3 of the main dataset's template
@@ -131,17 +132,7 @@ class UniTalkerConfig:
         kw.setdefault("second", second_dataset_config("paper"))
         return cls(vertex_dim=vertex_dim, **kw)
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["audio"]["conv_dim"] = list(d["audio"]["conv_dim"])
-        return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "UniTalkerConfig":
-        d = dict(d)
-        a = dict(d.pop("audio"))
-        a["conv_dim"] = tuple(a["conv_dim"])
-        return cls(**d, audio=AudioConfig(**a))
 
 
 # --------------------------------------------------------------------------- audio: WavLM for the paper preset
@@ -435,7 +426,7 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
     opt = torch.optim.Adam(params, lr=cfg.lr)
     history = {"train": [], "val": [], "seconds": []}
     start = 0
-    key = config_hash(asdict(cfg), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
+    key = config_hash(cfg.to_dict(), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ck.get("key") == key:
@@ -450,6 +441,8 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
     if start == 0:
         seed_everything(cfg.seed)
     bases = [FaceDataset(seqs, n, cache=cfg.cache) for seqs, n in datasets]
+    # the kit's Adam-epsilon fix (mtk.train.loss_scale): each dataset's loss divided by its squared RMS motion
+    scales = [1.0 / motion_scale(seqs) ** 2 if cfg.normalize_loss else 1.0 for seqs, _ in datasets]
     val_loader = None
     if val:
         val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_val_speakers or datasets[0][1]),
@@ -477,7 +470,7 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
             batch = to_device(next(iters[d]), device)
             out = model(batch, stage=cfg.stage)
             opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
+            (out["loss"] * scales[d]).backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
@@ -491,7 +484,7 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
             history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
         history["seconds"].append(time.time() - t0)
         state = {"key": key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "history": history, "train_config": asdict(cfg), "model_config": model.cfg.to_dict(),
+                 "history": history, "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
                  "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
         save_atomic(state, ckpt_path)
         if progress:
@@ -536,10 +529,4 @@ def recipe(preset: str, dataset, progress: bool = True, **model_kw):
     `mtk.recipes.load_or_train` trains it with this module's `load_or_train` (the recipe's trainer).
     """
     presets = {"smoke": UniTalkerConfig.smoke, "default": UniTalkerConfig.default, "paper": UniTalkerConfig.paper}
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(presets)}")
-    if preset != "paper":
-        model_kw.setdefault("audio", pretrained_audio(preset, dataset, progress))
-    cfg = presets[preset](dataset.template.V * 3, **model_kw)
-    return Recipe(name=f"unitalker-{preset}", model=cfg, stage1=train_config(preset, 1, budget(preset)["epochs"]),
-                  stage2=None, model_class=UniTalker, trainer=load_or_train)
+    return method_recipe("unitalker", preset, dataset, presets, UniTalker, progress, trainer=load_or_train, **model_kw)
