@@ -19,6 +19,7 @@ import json
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -175,6 +176,33 @@ def to_device(batch: dict, device) -> dict:
     return out
 
 
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """Run a block with `model` in eval mode (no dropout), then restore its mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def resume(ckpt_path: Path, key: str, model: torch.nn.Module, opt, device) -> tuple[dict, int] | None:
+    """Restore model, optimizer, RNG states and history from `ckpt_path` if it holds a run of the config
+    hashed as `key`. -> (history, epochs done), or None when there is no such checkpoint."""
+    if not ckpt_path.exists():
+        return None
+    ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+    if ck.get("key") != key:
+        return None
+    model.load_state_dict(ck["model"])
+    opt.load_state_dict(ck["optimizer"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    np.random.set_state(ck["rng"]["numpy"])
+    random.setstate(ck["rng"]["python"])
+    return ck["history"], ck["epoch"]
+
+
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a checkpoint is never half-written."""
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -206,19 +234,12 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt_pa
     history = {"train": [], "val": [], "seconds": []}
     start = 0
     key = config_hash(asdict(cfg), getattr(model, "cfg", None) and model.cfg.to_dict(), [s.name for s in train])
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck.get("key") == key:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            history, start = ck["history"], ck["epoch"]
-            torch.set_rng_state(ck["rng"]["torch"])
-            np.random.set_state(ck["rng"]["numpy"])
-            random.setstate(ck["rng"]["python"])
-            if start >= cfg.epochs:
-                return history
-            if progress:
-                print(f"resuming {ckpt_path.name} at epoch {start + 1}/{cfg.epochs}")
+    if (done := resume(ckpt_path, key, model, opt, device)) is not None:
+        history, start = done
+        if start >= cfg.epochs:
+            return history
+        if progress:
+            print(f"resuming {ckpt_path.name} at epoch {start + 1}/{cfg.epochs}")
     if start == 0:
         seed_everything(cfg.seed)
     base = FaceDataset(train, n_train_speakers, cache=cfg.cache)

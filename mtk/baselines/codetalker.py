@@ -71,7 +71,8 @@ from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..model import PeriodicPositionalEncoding, masked_mse, vertex_losses
 from ..recipes import Recipe, budget, train_config, method_recipe
-from .faceformer import alibi_slopes, condition_indices, decode, decoder_step, eval_mode, wav2vec2_base
+from ..train import eval_mode
+from .faceformer import alibi_slopes, condition_indices, decode, decoder_step, wav2vec2_base
 
 
 @dataclass

@@ -49,7 +49,6 @@ Deviations (each with its reason):
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -60,6 +59,7 @@ from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..model import PeriodicPositionalEncoding, alignment_mask, vertex_losses
 from ..recipes import Recipe, method_recipe
+from ..train import eval_mode
 
 
 @dataclass
@@ -183,16 +183,6 @@ def condition_indices(speaker: torch.Tensor, n_speakers: int, condition=None, de
     fallback = min(default, n_speakers - 1)
     return torch.where(speaker >= 0, speaker, torch.full_like(speaker, fallback))
 
-
-@contextmanager
-def eval_mode(module: nn.Module):
-    """Run a module in eval mode (no dropout), restoring its mode afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
 
 
 # --------------------------------------------------------------------------- the model

@@ -63,7 +63,6 @@ Where the kit differs from the released code, and why:
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +74,7 @@ from ..audio import AudioConfig, AudioEncoder
 from ..data import FaceDataset, collate
 from ..model import alignment_mask, vertex_losses
 from ..recipes import Recipe, method_recipe
+from ..train import eval_mode
 
 BILABIALS = ("p", "b", "m")
 
@@ -291,16 +291,6 @@ class Imitator(nn.Module):
                         offsets[b] = self.motion_offsets(y[b:b + 1], codes[b:b + 1], self.adapted_final[subj])[0]
         return batch["template"][:, None] + offsets
 
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Run a block in eval mode (no dropout), then restore the model's mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def decoder_step(layer: nn.TransformerDecoderLayer, x, keys, a_t) -> torch.Tensor:

@@ -69,7 +69,6 @@ Where the kit differs from the released code, and why:
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -82,6 +81,7 @@ from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..model import vertex_losses
 from ..recipes import Recipe, method_recipe
+from ..train import eval_mode
 
 
 @dataclass
@@ -267,16 +267,6 @@ class SelfTalk(nn.Module):
         with eval_mode(self):
             return batch["template"][:, None] + self.animate_offsets(batch)
 
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Run a block in eval mode (no dropout), then restore the model's mode."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def recipe(preset: str, dataset, progress: bool = True, **model_kw) -> Recipe:

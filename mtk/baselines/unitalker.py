@@ -78,7 +78,7 @@ from ..model import masked_mse, vertex_losses
 from ..paths import data_dir
 from ..recipes import build, dataset_key, method_recipe
 from ..synthvoca import SynthConfig, generate
-from ..train import TrainConfig, save_atomic, config_hash, evaluate_loss, seed_everything, to_device
+from ..train import TrainConfig, config_hash, evaluate_loss, resume, save_atomic, seed_everything, to_device
 
 
 def second_dataset_config(preset: str) -> dict:
@@ -427,17 +427,10 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
     history = {"train": [], "val": [], "seconds": []}
     start = 0
     key = config_hash(cfg.to_dict(), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ck.get("key") == key:
-            model.load_state_dict(ck["model"])
-            opt.load_state_dict(ck["optimizer"])
-            history, start = ck["history"], ck["epoch"]
-            torch.set_rng_state(ck["rng"]["torch"])
-            np.random.set_state(ck["rng"]["numpy"])
-            random.setstate(ck["rng"]["python"])
-            if start >= cfg.epochs:
-                return history
+    if (done := resume(ckpt_path, key, model, opt, device)) is not None:
+        history, start = done
+        if start >= cfg.epochs:
+            return history
     if start == 0:
         seed_everything(cfg.seed)
     bases = [FaceDataset(seqs, n, cache=cfg.cache) for seqs, n in datasets]
