@@ -201,8 +201,21 @@ def _inference_models(which: Sequence[str], V3: int, n_train: int) -> dict:
         def style(self, subject):
             return np.zeros(107, np.float32)
 
-        def sequences(self, *a, **k):
-            return []
+        meta = {"key": "bench-stub"}                   # UniTalker caches its PCA by the dataset's key
+
+        def sequences(self, *a, **k):              # a few random clips: UniTalker fits its PCA head on them
+            rng = np.random.default_rng(0)
+            tpl = self.template
+
+            class _Clip:
+                template = tpl
+
+                def __init__(self):
+                    self._v = tpl.vertices[None] + 1e-3 * rng.standard_normal((30, tpl.V, 3)).astype(np.float32)
+
+                def vertices(self):
+                    return self._v
+            return [_Clip() for _ in range(4)]
 
     from mtk.template import Template
     stub = _Stub(Template.procedural("default"))

@@ -183,6 +183,8 @@ def fit_pca(sequences: list[Sequence], pca_dim: int, max_frames: int = 4000, see
     Fitted on at most about `max_frames` frames, evenly spaced: one pass over the clips, keeping every
     `step`-th frame, `step` doubling whenever the kept frames pass max_frames.
     """
+    if not sequences:
+        raise ValueError("fit_pca: no training sequences to fit UniTalker's PCA head on (an empty train split?)")
     rows, step, n = [], 1, 0
     for s in sequences:
         d = (s.vertices() - s.template.vertices).reshape(-1, s.template.V * 3)   # (T, D)
