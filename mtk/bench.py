@@ -237,7 +237,7 @@ def bench_inference(argv: Sequence[str] = ()) -> int:
     parser = argparse.ArgumentParser(prog="python -m mtk.bench inference",
                                      description="Inference speed per method on a 10 s clip.")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; best is kept")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up; best is kept")
     parser.add_argument("--methods", nargs="*", default=["memorytalker", "faceformer", "codetalker", "selftalk",
                                                           "imitator", "scantalk", "unitalker"])
     args = parser.parse_args(list(argv))

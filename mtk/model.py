@@ -213,10 +213,13 @@ class MemoryTalker(nn.Module):
         q = self.fusion(f_txt if f_mem is None else torch.cat([f_txt, f_mem], -1))
         q = self.ppe(q)
         T = q.shape[1]
-        y = self.decoder(q, f_txt, memory_mask=alignment_mask(T, q.device),
-                         tgt_key_padding_mask=~frame_mask)
-        s = self.cfg.motion_scale                      # offsets = out(y) * s, folded into the weights (cheaper)
-        return template[:, None] + F.linear(y, self.out.weight * s, self.out.bias * s)
+        padding = None if bool(frame_mask.all()) else ~frame_mask     # no mask: PyTorch's fused attention path
+        y = self.decoder(q, f_txt, memory_mask=alignment_mask(T, q.device), tgt_key_padding_mask=padding)
+        # vertices = template + out(y) * motion_scale, in one fused pass over the (B, T, V*3) output:
+        # the scale is applied to y (B, T, c), not to the (V*3, c) weight, and the template rides in the bias
+        s = self.cfg.motion_scale
+        bias = (template + self.out.bias * s)[:, None]                   # (B, 1, V*3)
+        return torch.baddbmm(bias, y * s, self.out.weight.t().expand(y.shape[0], -1, -1))
 
     def batch_style(self, batch: dict):
         """Stage 2's (f_s, w_s) for a batch: from its audio (MemoryTalker); oracle variants override this."""
@@ -367,32 +370,38 @@ class MemoryTalker(nn.Module):
         if tmpl.size != self.cfg.vertex_dim:
             raise ValueError(f"template has {tmpl.size // 3} vertices (V*3 = {tmpl.size}); this model animates "
                              f"V*3 = {self.cfg.vertex_dim}")
-        was_training = self.training
-        self.eval()
+        from .train import eval_mode
+        with eval_mode(self):
+            return self._animate_windows(x, tmpl, stage).reshape(-1, tmpl.size // 3, 3)
+
+    def _animate_windows(self, x: np.ndarray, tmpl: np.ndarray, stage: int) -> np.ndarray:
+        """16 kHz mono (N,) -> (T, V*3): one pass, or overlapping windows of `max_window_frames`."""
         dev = next(self.parameters()).device
-        T = frames_for(len(x))
-        W = self.cfg.max_window_frames
+        T, W = frames_for(len(x)), self.cfg.max_window_frames
         spf = 16000 / 30                                                           # samples per frame
+        template = torch.from_numpy(tmpl)[None].to(dev)                            # (1, V*3)
+
+        def window(s: int, e: int) -> np.ndarray:                                  # frames [s, e) -> (e-s, V*3)
+            a = x[int(s * spf): int(min(len(x), round(e * spf)))]
+            return self.predict(torch.from_numpy(a)[None].to(dev), torch.tensor([len(a)], device=dev),
+                                torch.tensor([e - s], device=dev), template, stage=stage)[0].cpu().numpy()
+
+        if T <= W:
+            return window(0, T)
         out = np.zeros((T, tmpl.size), np.float32)
         weight = np.zeros(T, np.float32)
         hop = W - W // 6
-        starts = [0] if T <= W else list(range(0, T - W, hop)) + [T - W]
-        for s in starts:
-            e = min(T, s + W)
-            a = x[int(s * spf): int(min(len(x), round(e * spf)))]
-            chunk = self.predict(torch.from_numpy(a)[None].to(dev), torch.tensor([len(a)], device=dev),
-                                 torch.tensor([e - s], device=dev), torch.from_numpy(tmpl)[None].to(dev),
-                                 stage=stage)[0].cpu().numpy()
-            ramp = np.ones(e - s, np.float32)
-            fade = min(W // 6, e - s)
+        for s in list(range(0, T - W, hop)) + [T - W]:
+            e = s + W
+            ramp = np.ones(W, np.float32)
+            fade = W // 6
             if s > 0:
                 ramp[:fade] = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
             if e < T:
                 ramp[-fade:] = np.minimum(ramp[-fade:], np.linspace(1, 0, fade + 2, dtype=np.float32)[1:-1])
-            out[s:e] += chunk * ramp[:, None]
+            out[s:e] += window(s, e) * ramp[:, None]
             weight[s:e] += ramp
-        self.train(was_training)
-        return (out / weight[:, None]).reshape(T, -1, 3)
+        return out / weight[:, None]
 
 
 def check_audio(audio, sample_rate: int, min_seconds: float = 0.1) -> np.ndarray:

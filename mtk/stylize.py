@@ -89,13 +89,34 @@ class LogMel(nn.Module):
 
 
 # --------------------------------------------------------------------------- the speaker encoder
+def _same_pad(k: int) -> tuple[int, int]:
+    """(left, right) padding that keeps the length of a stride-1 conv of kernel k (AdaIN-VC's pad_layer)."""
+    return (k // 2, k // 2 - 1) if k % 2 == 0 else (k // 2, k // 2)
+
+
 def _pad_conv(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
-    """Reflect-pad so a stride-1 conv keeps the length (AdaIN-VC's pad_layer)."""
-    k = conv.kernel_size[0]
-    pad = (k // 2, k // 2 - 1) if k % 2 == 0 else (k // 2, k // 2)
+    """Reflect-pad so a stride-1 conv keeps the length (AdaIN-VC's pad_layer); replicate if x is too short."""
+    pad = _same_pad(conv.kernel_size[0])
+    if pad == (0, 0):
+        return conv(x)                                 # 1x1: nothing to pad (F.pad would still copy x)
     if x.shape[-1] <= max(pad):
         return conv(F.pad(x, pad, mode="replicate"))
     return conv(F.pad(x, pad, mode="reflect"))
+
+
+def _conv_bank(x: torch.Tensor, bank: nn.ModuleList) -> torch.Tensor:
+    """[relu(pad_conv(x, conv_k)) for each k] concatenated with x on channels, (B, C, L) -> (B, c*K + C, L).
+
+    The input is reflect-padded once, to the widest kernel's padding; each conv reads the slice whose
+    margins equal its own reflect padding (the inner part of a wider reflect pad is the narrower one)."""
+    pads = [_same_pad(conv.kernel_size[0]) for conv in bank]
+    left, right = max(p[0] for p in pads), max(p[1] for p in pads)
+    if x.shape[-1] <= max(left, right):
+        return torch.cat([F.relu(_pad_conv(x, conv)) for conv in bank] + [x], dim=1)
+    xp = F.pad(x, (left, right), mode="reflect")
+    L = x.shape[-1]
+    outs = [F.relu(conv(xp[..., left - pl: left + L + pr])) for conv, (pl, pr) in zip(bank, pads)]
+    return torch.cat(outs + [x], dim=1)
 
 
 class SpeakerEncoder(nn.Module):
@@ -118,7 +139,7 @@ class SpeakerEncoder(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([F.relu(_pad_conv(mel, conv)) for conv in self.bank] + [mel], dim=1)
+        h = _conv_bank(mel, self.bank)                                              # (B, c*K + n_mels, frames)
         h = F.relu(_pad_conv(h, self.in_conv))                                      # (B, c, frames)
         for c1, c2, s in zip(self.conv1, self.conv2, self.subsample):
             y = F.relu(_pad_conv(h, c1))

@@ -180,6 +180,9 @@ def to_device(batch: dict, device) -> dict:
 def eval_mode(model: torch.nn.Module):
     """Run a block with `model` in eval mode (no dropout), then restore its mode."""
     was_training = model.training
+    if not was_training:                       # already in eval mode: nothing to toggle (saves a module walk)
+        yield model
+        return
     model.eval()
     try:
         yield model

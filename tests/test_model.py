@@ -217,3 +217,35 @@ def test_audio_features_do_not_depend_on_the_batch(smoke_ds, tiny):
         h1 = enc(alone["audio"], alone["audio_mask"].sum(1), alone["n_frames"])
     T = int(alone["n_frames"][0])
     assert torch.allclose(h1[0, :T], h2[0, :T], atol=1e-4)
+
+
+def test_prediction_does_not_depend_on_the_batch(smoke_ds, tiny):
+    """A clip animated alone (no padding mask) equals the same clip inside a padded batch, in both stages."""
+    ds = FaceDataset(smoke_ds.sequences("train"), 3)
+    items = sorted([ds[i] for i in (0, 5)], key=lambda it: -len(it["audio"]))
+    m = copy.deepcopy(tiny).eval()
+    torch.manual_seed(1)
+    torch.nn.init.normal_(m.out.weight, std=1.0)               # a non-zero output layer, so decoding matters
+    both, alone = collate(items), collate(items[1:])           # the shorter clip is padded in `both`
+    assert not bool(both["frame_mask"].all())
+    T = int(alone["n_frames"][0])
+    for stage in (1, 2):
+        p2 = m.predict_batch(both, stage=stage)
+        p1 = m.predict_batch(alone, stage=stage)
+        assert torch.allclose(p1[0, :T], p2[1, :T], atol=1e-5), stage
+
+
+def test_style_encoder_conv_bank_reflect_pads_each_kernel():
+    """The conv bank pads once for all kernels; each conv must see exactly its own reflect padding."""
+    import torch.nn.functional as F
+    from mtk.stylize import SpeakerEncoder, StyleConfig, _conv_bank, _same_pad
+
+    enc = SpeakerEncoder(StyleConfig.default())
+    for frames in (50, 3):                                     # 3 frames: too short to reflect, replicate instead
+        x = torch.randn(2, 80, frames)
+        pads = [_same_pad(conv.kernel_size[0]) for conv in enc.bank]
+        ref = torch.cat([F.relu(conv(F.pad(x, p, mode="reflect" if frames > max(p) else "replicate")))
+                         for conv, p in zip(enc.bank, pads)] + [x], dim=1)
+        out = _conv_bank(x, enc.bank)
+        assert out.shape == (2, 64 * 8 + 80, frames)
+        assert torch.allclose(out, ref, atol=1e-6)
