@@ -35,11 +35,27 @@ def cmd_animate(args) -> None:
     print(f"{res['frames']} frames for {res['seconds']:.1f} s of audio")
 
 
-def cmd_reproduce(args) -> None:
-    """Execute the notebooks in order (default preset), saving executed copies under runs/notebooks/."""
+def run_notebook(nb_path: Path, out_path: Path, cell_timeout: int | None = None) -> None:
+    """Execute one notebook in its own folder and write the executed copy to `out_path`."""
     import nbformat
     from nbclient import NotebookClient
+    from nbclient.exceptions import CellTimeoutError
 
+    nb = nbformat.read(nb_path, as_version=4)
+    # store_widget_state=False: the k3d widgets carry tens of MB of vertices per view; the figures/ HTML
+    # snapshots keep them, and the executed copy does not need a second, base64-encoded copy
+    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", store_widget_state=False,
+                            resources={"metadata": {"path": str(nb_path.parent)}})
+    try:
+        client.execute()
+    except CellTimeoutError as e:
+        raise SystemExit(f"{nb_path.name}: a cell ran longer than the cell timeout ({cell_timeout} s); "
+                         f"re-run it alone with `python -m mtk reproduce --only {nb_path.name[:2]}`\n{e}") from e
+    nbformat.write(nb, out_path)
+
+
+def cmd_reproduce(args) -> None:
+    """Execute the notebooks in order (default preset), saving executed copies under runs/notebooks/."""
     from .paths import runs_dir
     os.environ["MTK_SMOKE"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -51,10 +67,7 @@ def cmd_reproduce(args) -> None:
     for nb_path in chosen:
         t = time.time()
         print(f"running {nb_path.name} ...", flush=True)
-        nb = nbformat.read(nb_path, as_version=4)
-        NotebookClient(nb, timeout=None, kernel_name="python3",
-                       resources={"metadata": {"path": str(nb_path.parent)}}).execute()
-        nbformat.write(nb, out_dir / nb_path.name)
+        run_notebook(nb_path, out_dir / nb_path.name, args.cell_timeout)
         print(f"  done in {time.time() - t:.0f} s -> {out_dir / nb_path.name}", flush=True)
 
 
@@ -93,6 +106,9 @@ def main(argv=None) -> None:
     sub.add_parser("data", help="generate the SynthVOCA datasets").set_defaults(fn=cmd_data)
     p = sub.add_parser("reproduce", help="run every notebook with the default preset")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")
+    p.add_argument("--cell-timeout", type=int, default=None,
+                   help="seconds one cell may run before reproduce stops with an error (default: no limit; "
+                        "notebook 04 trains nine models in one cell, about 95 min on 2 cores)")
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser("strip-notebooks", help="clear notebook outputs")
     p.add_argument("paths", nargs="*")

@@ -46,3 +46,27 @@ def test_widget_cells_are_marked_for_nbval():
             src = "".join(cell["source"])
             if cell["cell_type"] == "code" and re.search(r"\.display\(\)|display\(Audio|widgets\.", src):
                 assert "NBVAL_IGNORE_OUTPUT" in src, f"{nb.name}: widget cell without # NBVAL_IGNORE_OUTPUT"
+
+
+def test_reproduce_runs_a_notebook_and_stops_a_hung_cell(tmp_path):
+    """`python -m mtk reproduce` executes each notebook into an executed copy; a cell that outlives
+    --cell-timeout stops the run with an error naming the notebook (instead of hanging forever)."""
+    import nbformat
+    import pytest
+
+    from mtk.__main__ import run_notebook
+
+    def notebook(name, source):
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(source)])
+        path = tmp_path / name
+        nbformat.write(nb, path)
+        return path
+
+    ok = notebook("01_ok.ipynb", "print(6 * 7)")
+    run_notebook(ok, tmp_path / "out.ipynb", cell_timeout=60)
+    cell = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0]
+    assert cell.outputs[0]["text"].strip() == "42"
+
+    hung = notebook("02_hung.ipynb", "import time\ntime.sleep(60)")
+    with pytest.raises(SystemExit, match=r"02_hung\.ipynb.*cell timeout \(2 s\).*--only 02"):
+        run_notebook(hung, tmp_path / "out2.ipynb", cell_timeout=2)
