@@ -302,13 +302,6 @@ class MemoryTalker(nn.Module):
         lip = masked_mse(p.reshape(B, T, -1), g.reshape(B, T, -1), mask)
         return lip / self.cfg.motion_scale ** 2 if self.cfg.loss_units == "motion" else lip
 
-    @torch.no_grad()
-    def validation_loss(self, batch: dict, stage: int) -> dict:
-        """Vertex MSE and velocity loss of the inference path (no teacher forcing, no triplets)."""
-        pred = self.predict_batch(batch, stage=stage)
-        mse, vel = vertex_losses(pred, batch["vertices"], batch["frame_mask"])
-        return {"mse": mse, "vel": vel}
-
     # ------------------------------------------------------------------ inference
     def stage_parameters(self, stage: int):
         """Stage 1: everything except the style encoder (and the frozen CNN). Stage 2: the style encoder only."""

@@ -28,6 +28,7 @@ import torch
 
 from .configs import Config
 from .data import FaceDataset, Sequence, collate
+from .model import vertex_losses
 
 
 @dataclass
@@ -314,14 +315,24 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt_pa
 
 
 @torch.no_grad()
+def inference_losses(model, batch: dict, stage: int) -> dict:
+    """{"mse", "vel"} (m^2) of the model's inference path, `predict_batch(batch, stage)`, against the batch's
+    vertices: no teacher forcing, no auxiliary losses. Every method's validation loss unless it defines its
+    own `validation_loss` (ScanTalk's samples frames)."""
+    pred = model.predict_batch(batch, stage=stage)
+    mse, vel = vertex_losses(pred, batch["vertices"], batch["frame_mask"])
+    return {"mse": mse, "vel": vel}
+
+
+@torch.no_grad()
 def evaluate_loss(model, loader, stage: int, device) -> dict:
-    """Mean vertex MSE (and velocity loss) on a loader, in eval mode: the model's inference path
-    (`validation_loss`) if it has one, else its training forward pass."""
+    """Mean vertex MSE (and velocity loss) on a loader, in eval mode: `model.validation_loss` if it has
+    one, else `inference_losses`."""
     model.eval()
     sums, n = {}, 0
     for batch in loader:
         b = to_device(batch, device)
-        out = model.validation_loss(b, stage) if hasattr(model, "validation_loss") else model(b, stage=stage)
+        out = model.validation_loss(b, stage) if hasattr(model, "validation_loss") else inference_losses(model, b, stage)
         for k in ("mse", "vel"):
             sums[k] = sums.get(k, 0.0) + float(out[k])
         n += 1

@@ -8,7 +8,8 @@ recipes (`mtk.recipes`) and evaluation (`mtk.metrics.evaluate`) drive:
     from_dataset(cfg, dataset) -> model               (classmethod; dataset gives template, masks, speakers)
     forward(batch, stage) -> {"loss", "mse", "vel", ...}   training losses on a collated batch
     stage_parameters(stage) -> [Parameter]             what each stage trains
-    validation_loss(batch, stage) -> {"mse", "vel"}    the inference path's losses
+    validation_loss(batch, stage) -> {"mse", "vel"}    optional: the inference path's losses
+                                                       (default: `mtk.train.inference_losses`)
     predict_batch(batch, stage=None, condition=None) -> (B, T, V*3)
         condition: the training-speaker index a one-hot method is conditioned on (None: the
         method's own default); methods without speaker identity ignore it

@@ -33,7 +33,7 @@ and values (`faceformer.decoder_step`), which computes what re-running it on the
 `condition` picks the training speaker; None uses the clip's own speaker if it is a training speaker,
 otherwise training speaker index 2 (`default_condition`). `predict_batch(stage=1)` returns the VQ-VAE
 reconstruction of the batch's ground truth (stage 1 learns no audio mapping; this is what CodeTalker's
-`test_vq.py` evaluates), and `validation_loss(stage=1)` its error.
+`test_vq.py` evaluates), so its stage-1 validation loss is that reconstruction's error.
 
 Budget split: stage 1 (VQ-VAE) gets 40 % of the preset's epochs, stage 2 60 % (the released schedule is
 200 + 100 epochs; the kit's total budget is shared by every method, and the predictor, which hears the
@@ -356,13 +356,6 @@ class CodeTalker(nn.Module):
                 offsets = self.vq.decode(z_q, mask)                                      # all codes at once
         pred = template[:, None] + offsets * s
         return (pred, f, codes) if return_features else pred
-
-    @torch.no_grad()
-    def validation_loss(self, batch: dict, stage: int = 2) -> dict:
-        """Stage 1: the VQ-VAE's reconstruction error; stage 2: the autoregressive prediction's error."""
-        pred = self.predict_batch(batch, stage=stage)
-        mse, vel = vertex_losses(pred, batch["vertices"], batch["frame_mask"])
-        return {"mse": mse, "vel": vel}
 
 
 # --------------------------------------------------------------------------- recipe

@@ -272,13 +272,6 @@ class FaceFormer(nn.Module):
             offsets = self.generate(h, self.style_embedding(spk))
         return batch["template"][:, None] + offsets * self.cfg.motion_scale
 
-    @torch.no_grad()
-    def validation_loss(self, batch: dict, stage: int = 1) -> dict:
-        """Vertex MSE and velocity loss of the autoregressive inference path (default condition)."""
-        pred = self.predict_batch(batch)
-        mse, vel = vertex_losses(pred, batch["vertices"], batch["frame_mask"])
-        return {"mse": mse, "vel": vel}
-
 
 # --------------------------------------------------------------------------- recipe
 def recipe(preset: str, dataset, progress: bool = True, **model_kw) -> Recipe:

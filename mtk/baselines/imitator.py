@@ -269,12 +269,6 @@ class Imitator(nn.Module):
         return [p for p in self.parameters() if p.requires_grad]
 
     @torch.no_grad()
-    def validation_loss(self, batch: dict, stage: int = 1) -> dict:
-        pred = self.predict_batch(batch)
-        mse, vel = vertex_losses(pred, batch["vertices"], batch["frame_mask"])
-        return {"mse": mse, "vel": vel}
-
-    @torch.no_grad()
     def predict_batch(self, batch: dict, stage=None, condition=None, return_features: bool = False):
         """Vertices (B, T, V*3), autoregressive, in eval mode. condition: a training-speaker index for every
         clip, or None (each clip's own speaker / adapted code / speaker `default_condition`: `style_codes`).

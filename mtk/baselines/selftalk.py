@@ -253,12 +253,6 @@ class SelfTalk(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("asr.") and p.requires_grad]
 
     @torch.no_grad()
-    def validation_loss(self, batch: dict, stage: int = 1) -> dict:
-        pred = self.predict_batch(batch)
-        mse, vel = vertex_losses(pred, batch["vertices"], batch["frame_mask"])
-        return {"mse": mse, "vel": vel}
-
-    @torch.no_grad()
     def predict_batch(self, batch: dict, stage=None, condition=None, return_features: bool = False):
         """Vertices (B, T, V*3) from audio alone, in eval mode (one prediction per clip; `condition` is ignored:
         SelfTalk has no speaker identity). The interpreter is not needed at inference."""

@@ -378,12 +378,6 @@ class UniTalker(nn.Module):
         """One stage: everything except the frozen CNN feature encoder."""
         return [p for p in self.parameters() if p.requires_grad]
 
-    @torch.no_grad()
-    def validation_loss(self, batch: dict, stage: int = 1) -> dict:
-        pred = self.predict_batch(batch)
-        mse, vel = vertex_losses(pred, batch["vertices"], batch["frame_mask"])
-        return {"mse": mse, "vel": vel}
-
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict_batch(self, batch: dict, stage=None, condition=None, return_features: bool = False):
