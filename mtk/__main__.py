@@ -35,22 +35,54 @@ def cmd_animate(args) -> None:
     print(f"{res['frames']} frames for {res['seconds']:.1f} s of audio")
 
 
+def _polled(get_msg, step: float = 0.5):
+    """Wrap a kernel channel's async `get_msg` to wait in short polls up to the same deadline.
+
+    Why: nbclient's stand-in for an ipywidgets Output widget sends a comm message on the shell socket
+    while nbclient is waiting on that socket for the cell's execute_reply. ZeroMQ's readiness signal is
+    edge-triggered, so the send can swallow the reply's wake-up: the wait then ends only at its timeout,
+    i.e. never without --cell-timeout (the notebook-07 stall; jupyter/nbclient#312). Re-polling every `step` seconds finds the
+    waiting reply.
+    """
+    from queue import Empty
+
+    async def get_msg_polled(timeout: float | None = None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
+            try:
+                return await get_msg(timeout=wait)
+            except Empty:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+    return get_msg_polled
+
+
 def run_notebook(nb_path: Path, out_path: Path, cell_timeout: int | None = None) -> None:
     """Execute one notebook in its own folder and write the executed copy to `out_path`."""
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellTimeoutError
 
+    class Client(NotebookClient):
+        async def async_start_new_kernel_client(self):
+            kc = await super().async_start_new_kernel_client()
+            kc.shell_channel.get_msg = _polled(kc.shell_channel.get_msg)
+            return kc
+
     nb = nbformat.read(nb_path, as_version=4)
-    # store_widget_state=False: the k3d widgets carry tens of MB of vertices per view; the figures/ HTML
-    # snapshots keep them, and the executed copy does not need a second, base64-encoded copy
-    client = NotebookClient(nb, timeout=cell_timeout, kernel_name="python3", store_widget_state=False,
-                            resources={"metadata": {"path": str(nb_path.parent)}})
+    # Widget state must be stored while running: with store_widget_state=False nbclient's hook for an
+    # ipywidgets Output raises KeyError and the cell never finishes (nbclient 0.11). It is dropped before
+    # writing instead: the k3d widgets carry tens of MB of vertices per view, which the figures/ HTML
+    # snapshots already keep.
+    client = Client(nb, timeout=cell_timeout, kernel_name="python3",
+                    resources={"metadata": {"path": str(nb_path.parent)}})
     try:
         client.execute()
     except CellTimeoutError as e:
         raise SystemExit(f"{nb_path.name}: a cell ran longer than the cell timeout ({cell_timeout} s); "
                          f"re-run it alone with `python -m mtk reproduce --only {nb_path.name[:2]}`\n{e}") from e
+    nb.metadata.pop("widgets", None)
     nbformat.write(nb, out_path)
 
 

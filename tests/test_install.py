@@ -1,6 +1,7 @@
 """The kit's install surface: environment.yml agrees with pyproject.toml; notebooks are committed stripped."""
 import json
 import re
+import time
 import tomllib
 from pathlib import Path
 
@@ -66,6 +67,22 @@ def test_reproduce_runs_a_notebook_and_stops_a_hung_cell(tmp_path):
     run_notebook(ok, tmp_path / "out.ipynb", cell_timeout=60)
     cell = nbformat.read(tmp_path / "out.ipynb", as_version=4).cells[0]
     assert cell.outputs[0]["text"].strip() == "42"
+
+    # an ipywidgets Output capturing a display (notebook 07's audio player): nbclient's stand-in for the
+    # Output widget writes to the shell socket while waiting on it, which without `_polled` left the cell
+    # waiting for its full timeout in most runs (jupyter/nbclient#312). The executed copy drops the widget state.
+    widget = notebook("03_widget.ipynb",
+                      "import numpy as np, ipywidgets as w\nfrom IPython.display import display, Audio\n"
+                      "out = w.Output()\nwith out:\n"
+                      "    display(Audio(np.random.default_rng(0).standard_normal(160000), rate=16000))\n"
+                      "display(w.VBox([w.IntSlider(), out]))")
+    for _ in range(3):
+        t = time.monotonic()
+        run_notebook(widget, tmp_path / "out3.ipynb", cell_timeout=60)
+        assert time.monotonic() - t < 30, "the Output-widget cell waited for its timeout"
+    out3 = nbformat.read(tmp_path / "out3.ipynb", as_version=4)
+    assert out3.cells[0].outputs[-1]["output_type"] == "display_data"
+    assert "widgets" not in out3.metadata
 
     hung = notebook("02_hung.ipynb", "import time\ntime.sleep(60)")
     with pytest.raises(SystemExit, match=r"02_hung\.ipynb.*cell timeout \(2 s\).*--only 02"):
