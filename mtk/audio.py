@@ -209,7 +209,7 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
             opt.zero_grad()
             loss.backward()
             opt.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         with torch.no_grad():
             accs = [run(collate([val[i] for i in range(j, min(len(val), j + batch_size))]), False)[1]
                     for j in range(0, len(val), batch_size)]
