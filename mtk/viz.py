@@ -192,22 +192,26 @@ def k3d_compare(template, animations: dict, gt=None, fps: int = 30, spacing: flo
 
 def player(plot, n_frames: int, fps: int = 30, audio=None, sample_rate: int = 16000):
     """ipywidgets controls for a k3d time-series plot: a play button and a frame slider (linked in the
-    browser), plus an audio player. Returns a VBox; `set_frame` does what the slider does."""
+    browser), plus an audio player (an `ipywidgets.Audio` holding a 16-bit WAV; a clip whose peak
+    exceeds 1 is scaled down for playback). Returns a VBox; `set_frame` does what the slider does.
+
+    The audio is a widget of its own rather than a display captured in an `ipywidgets.Output`: headless
+    runners (nbclient, papermill) can hang on Output widgets (jupyter/nbclient#312)."""
+    import io
+
     import ipywidgets as w
-    from IPython.display import Audio
+    import soundfile as sf
     play = w.Play(min=0, max=n_frames - 1, step=1, interval=int(1000 / fps), description="play")
     slider = w.IntSlider(min=0, max=n_frames - 1, description="frame", continuous_update=True)
     w.jslink((play, "value"), (slider, "value"))
     slider.observe(lambda ch: set_frame(plot, ch["new"], fps), names="value")
     rows = [w.HBox([play, slider]), plot]
     if audio is not None:
-        out = w.Output()
-        with out:
-            from IPython.display import display
-            a = np.asarray(audio, dtype=np.float32)
-            # IPython normalizes by the peak; an all-zero clip would divide by zero
-            display(Audio(a, rate=sample_rate, normalize=bool(np.abs(a).max() > 0)))
-        rows.append(out)
+        a = np.asarray(audio, dtype=np.float32)
+        peak = float(np.abs(a).max()) if a.size else 0.0
+        buf = io.BytesIO()
+        sf.write(buf, a / peak if peak > 1 else a, sample_rate, format="WAV", subtype="PCM_16")
+        rows.append(w.Audio(value=buf.getvalue(), format="wav", autoplay=False, loop=False))
     return w.VBox(rows)
 
 

@@ -1,4 +1,6 @@
 """The viewers and the own-recording demo, as a user calls them."""
+import io
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -36,8 +38,14 @@ def test_k3d_face_and_compare_build_the_expected_objects(head):
 def test_player_and_set_frame(head):
     gt = np.repeat(head.vertices[None], 4, 0)
     plot = viz.k3d_face(head, gt)
-    ui = viz.player(plot, 4, audio=np.zeros(1600))
+    tone = 2.0 * np.sin(np.linspace(0, 200 * np.pi, 1600))              # peak 2: scaled for playback
+    ui = viz.player(plot, 4, audio=tone)
     assert plot in ui.children
+    wav, rate = sf.read(io.BytesIO(ui.children[-1].value))
+    assert rate == 16000 and len(wav) == 1600
+    np.testing.assert_allclose(wav, tone / 2.0, atol=1e-3)
+    silent = viz.player(plot, 4, audio=np.zeros(1600))                 # an all-zero clip is fine too
+    assert np.all(sf.read(io.BytesIO(silent.children[-1].value))[0] == 0)
     viz.set_frame(plot, 3)
     assert plot.time == pytest.approx(0.1)
 
