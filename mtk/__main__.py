@@ -41,8 +41,8 @@ def _polled(get_msg, step: float = 0.5):
     Why: nbclient's stand-in for an ipywidgets Output widget sends a comm message on the shell socket
     while nbclient is waiting on that socket for the cell's execute_reply. ZeroMQ's readiness signal is
     edge-triggered, so the send can swallow the reply's wake-up: the wait then ends only at its timeout,
-    i.e. never without --cell-timeout (the notebook-07 stall; jupyter/nbclient#312). Re-polling every `step` seconds finds the
-    waiting reply.
+    i.e. never without --cell-timeout (the notebook-07 stall; jupyter/nbclient#312). Re-polling every
+    `step` seconds finds the waiting reply.
     """
     from queue import Empty
 
