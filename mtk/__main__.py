@@ -15,8 +15,11 @@ from pathlib import Path
 
 
 def _notebooks() -> list[Path]:
-    from .paths import home
-    return sorted((home() / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+    from .paths import checkout
+    root = checkout()
+    if root is None:
+        raise SystemExit("the notebooks live in the source checkout; clone the repository and `pip install -e .`")
+    return sorted((root / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 
 def cmd_data(args) -> None:
@@ -29,7 +32,10 @@ def cmd_data(args) -> None:
 
 def cmd_animate(args) -> None:
     from .demo import animate_file
-    res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage)
+    try:
+        res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"mtk animate: {e}") from None
     for suffix, path in res["outputs"].items():
         print(f"wrote {path}")
     print(f"{res['frames']} frames for {res['seconds']:.1f} s of audio")
@@ -130,10 +136,13 @@ def main(argv=None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("animate", help="animate a recording with the trained default MemoryTalker")
-    p.add_argument("audio", help="a sound file (wav, flac, ogg; any sample rate, mono or stereo)")
-    p.add_argument("--out", nargs="+", required=True, help="outputs: .mp4 (video with sound), .html, .npy")
-    p.add_argument("--preset", default="default", choices=["default", "smoke"])
-    p.add_argument("--stage", type=int, default=2, choices=[1, 2])
+    p.add_argument("audio", help="a sound file (wav, flac, ogg; any sample rate >= 4 kHz, mono or stereo, >= 0.1 s)")
+    p.add_argument("--out", nargs="+", required=True,
+                   help="outputs: .mp4 (video with sound), .html (interactive 3D), .npy (vertices T x V x 3, metres)")
+    p.add_argument("--preset", default=None, choices=["default", "smoke"],
+                   help="which trained MemoryTalker (default: 'smoke' when MTK_SMOKE=1, else 'default')")
+    p.add_argument("--stage", type=int, default=None, choices=[1, 2],
+                   help="1: the memory as stage 1 left it; 2 (default): stylized from the audio")
     p.set_defaults(fn=cmd_animate)
     sub.add_parser("data", help="generate the SynthVOCA datasets").set_defaults(fn=cmd_data)
     p = sub.add_parser("reproduce", help="run every notebook with the default preset")

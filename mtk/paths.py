@@ -4,6 +4,7 @@ Everything lives under one home folder:
 
     $MTK_HOME if set; else the source checkout (the folder holding pyproject.toml
     next to this package, for an editable install); else ~/.cache/mtk.
+    The test session always sets MTK_HOME to a fresh temporary folder (conftest.py).
 
     data/      generated datasets (SynthVOCA), never committed
     runs/      checkpoints and training logs (runs/smoke/ in smoke mode)
@@ -19,14 +20,18 @@ import os
 from pathlib import Path
 
 
+def checkout() -> Path | None:
+    """The source checkout this package runs from (it holds pyproject.toml and notebooks/), or None
+    for a non-editable install. Notebooks are read from here whatever MTK_HOME says."""
+    root = Path(__file__).resolve().parent.parent
+    return root if (root / "pyproject.toml").exists() and (root / "mtk").is_dir() else None
+
+
 def home() -> Path:
     env = os.environ.get("MTK_HOME")
     if env:
         return Path(env).expanduser().resolve()
-    checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "pyproject.toml").exists() and (checkout / "mtk").is_dir():
-        return checkout
-    return Path.home() / ".cache" / "mtk"
+    return checkout() or Path.home() / ".cache" / "mtk"
 
 
 def smoke() -> bool:
