@@ -66,6 +66,10 @@ def load_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         x, sr = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as e:  # noqa: BLE001 - soundfile raises several types; rethrow with the file name
         raise ValueError(f"{path}: cannot read audio ({e})") from e
+    if x.size == 0:
+        raise ValueError(f"{path}: the audio file holds no samples")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{path}: {int((~np.isfinite(x)).sum())} audio samples are NaN or infinite")
     return to_mono_16k(x, sr, source=str(path), sample_rate=sample_rate)
 
 
@@ -74,14 +78,14 @@ def to_mono_16k(x: np.ndarray, sr: int, source: str = "audio", sample_rate: int 
     from scipy.signal import resample_poly
     x = np.asarray(x, dtype=np.float32)
     if x.ndim == 2:
-        # soundfile gives (N, C); a (C, N) array with few rows is transposed
-        if x.shape[0] <= 8 < x.shape[1]:
-            x = x.T
+        if x.shape[1] > x.shape[0]:
+            raise ValueError(f"{source}: audio has shape {x.shape}, expected (N, channels) with the samples "
+                             "along the first axis (soundfile's layout); pass the transpose of a channels-first array")
         x = x.mean(axis=1)
     elif x.ndim != 1:
         raise ValueError(f"{source}: audio has shape {x.shape}, expected (N,) or (N, channels)")
-    if sr <= 0:
-        raise ValueError(f"{source}: sample rate {sr}, expected a positive number")
+    if isinstance(sr, bool) or int(sr) != sr or sr <= 0:
+        raise ValueError(f"{source}: sample rate {sr!r}, expected a positive whole number of Hz")
     if sr != sample_rate:
         g = gcd(int(sr), sample_rate)
         x = resample_poly(x, sample_rate // g, int(sr) // g).astype(np.float32)
@@ -151,9 +155,16 @@ class SynthVOCA:
         n = {sp: sum(s.split == sp for s in self.speakers) for sp in ("train", "val", "test")}
         return f"SynthVOCA({self.root.name}: {len(self._seq_meta)} clips, speakers {n})"
 
+    has_phonemes = True               # every clip carries its phoneme timings
+
     @property
     def config(self) -> dict:
         return self.meta["config"]
+
+    @property
+    def key(self) -> str:
+        """The dataset's identity for run names: the generator's key (config and code), not its path."""
+        return self.meta["key"]
 
     def subjects(self, split: str) -> list[str]:
         return [s.name for s in self.speakers if split in ("all", s.split)]
@@ -235,11 +246,21 @@ class VOCASET:
         root/vertices_npy/<subject>_sentenceNN.npy   (T60, V*3) float, metres, 60 fps
         root/wav/<subject>_sentenceNN.wav            any sample rate, mono or stereo
         root/templates.pkl                           {subject: (V, 3)}
-        root/FLAME_sample.ply, root/FLAME_masks.pkl  optional: faces and region masks
+        root/FLAME_sample.ply, root/FLAME_masks.pkl  optional: faces and region masks (the masks are
+                                                     needed to train and evaluate: lips, upper face)
         root/mtk_template.npz                        optional: faces and masks (exported SynthVOCA)
 
-    Vertex files are memory-mapped, so a full VOCASET never sits in RAM at once.
+    Vertex files are memory-mapped, so a full VOCASET never sits in RAM at once. Opening the folder
+    checks every file cheaply (headers, shapes, dtypes, the first frame, audio lengths) and raises an
+    error naming the file for anything malformed: a missing or unreadable file, a non-numeric array,
+    NaN or infinite values, vertices in millimetres, an empty wav, audio and vertices of lengths more
+    than MAX_LENGTH_MISMATCH seconds apart (a warning above WARN_LENGTH_MISMATCH). Each clip's full
+    vertex array and audio are checked for NaN/inf when they are read.
     """
+
+    MAX_LENGTH_MISMATCH = 0.5         # seconds between audio and vertex lengths: an error beyond this
+    WARN_LENGTH_MISMATCH = 0.1        # ... and a warning beyond this
+    has_phonemes = False              # VOCASET has no phoneme alignment
 
     def __init__(self, root: str | Path, subjects: dict[str, list[str]] | None = None,
                  sentences: dict[str, range] | None = None, known_missing=VOCASET_KNOWN_MISSING,
@@ -252,27 +273,65 @@ class VOCASET:
         if missing:
             raise FileNotFoundError(f"VOCASET at {self.root} is incomplete; missing: {missing}. Expected the "
                                     "FaceFormer-processed layout (vertices_npy/, wav/, templates.pkl); see README 'Data'.")
-        with open(self.root / "templates.pkl", "rb") as f:
-            try:
-                self._templates_raw = pickle.load(f, encoding="latin1")
-            except Exception as e:  # noqa: BLE001
-                raise ValueError(f"{self.root / 'templates.pkl'}: cannot unpickle ({e})") from e
-        self.template = self._base_template()
         self.train_subjects = list(self.subjects_by_split["train"])
-        self.templates: dict[str, Template] = {}
-        for subs in self.subjects_by_split.values():
-            for s in subs:
-                if s not in self._templates_raw:
-                    raise KeyError(f"{self.root / 'templates.pkl'} has no template for subject {s!r}")
-                v = np.asarray(self._templates_raw[s], np.float32)
-                if v.size != self.template.V * 3:
-                    raise ValueError(f"{self.root / 'templates.pkl'}[{s!r}] has shape {v.shape}, expected "
-                                     f"({self.template.V}, 3)")
-                self.templates[s] = self.template.with_vertices(v.reshape(-1, 3), name=s)
+        raw = self._read_templates()
+        self.template = self._base_template(raw)
+        self.templates: dict[str, Template] = {s: self.template.with_vertices(v, name=s) for s, v in raw.items()}
         self._index = self._scan(known_missing, strict)
 
-    def _base_template(self) -> Template:
-        first = next(iter(self._templates_raw.values()))
+    def __repr__(self):
+        n = {sp: sum(v[0] == sp for v in self._index.values()) for sp in self.subjects_by_split}
+        return f"VOCASET({self.root}: {len(self._index)} clips, {n})"
+
+    # ------------------------------------------------------------------ checks on opening
+    def _read_templates(self) -> dict[str, np.ndarray]:
+        """templates.pkl -> {subject: (V, 3) float32}, every required subject present, one V for all, metres."""
+        path = self.root / "templates.pkl"
+        with open(path, "rb") as f:
+            try:
+                raw = pickle.load(f, encoding="latin1")
+            except Exception as e:  # noqa: BLE001
+                raise ValueError(f"{path}: cannot unpickle ({e})") from e
+        if not isinstance(raw, dict) or not raw:
+            raise ValueError(f"{path}: holds {type(raw).__name__}"
+                             f"{' (empty)' if isinstance(raw, dict) else ''}; expected a dict {{subject: (V, 3) "
+                             "vertices}}")
+        wanted = self.subjects("all")
+        absent = [s for s in wanted if s not in raw]
+        if absent:
+            raise KeyError(f"{path} has no template for subject(s) {absent}; it has {sorted(raw)[:12]}")
+        arrays = {}
+        for s in wanted:
+            try:
+                arrays[s] = np.asarray(raw[s], dtype=np.float32)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}[{s!r}]: not a numeric array ({e}); expected (V, 3) vertices") from None
+        V = self._vertex_count(arrays)
+        out = {}
+        for s, v in arrays.items():
+            if v.size != V * 3:
+                raise ValueError(f"{path}[{s!r}] has shape {v.shape}, expected ({V}, 3) like the other subjects")
+            v = v.reshape(V, 3)
+            if not np.isfinite(v).all():
+                raise ValueError(f"{path}[{s!r}]: {int((~np.isfinite(v)).sum())} coordinates are NaN or infinite")
+            if np.ptp(v, axis=0).max() > 10:
+                raise ValueError(f"{path}[{s!r}] spans {np.ptp(v, axis=0).max():.0f} units: VOCASET is in metres "
+                                 "(a head is about 0.2 m); these look like millimetres")
+            out[s] = v
+        return out
+
+    def _vertex_count(self, arrays: dict[str, np.ndarray]) -> int:
+        """V from the mesh files if there are any, else the size most subjects' templates agree on."""
+        if (self.root / "mtk_template.npz").exists():
+            return Template.load(self.root / "mtk_template.npz").V
+        if (self.root / "FLAME_sample.ply").exists():
+            from .template import read_ply
+            return len(read_ply(self.root / "FLAME_sample.ply")[0])
+        sizes = [v.size for v in arrays.values()]
+        return max(set(sizes), key=sizes.count) // 3
+
+    def _base_template(self, raw: dict[str, np.ndarray]) -> Template:
+        first = raw[self.train_subjects[0]]
         if (self.root / "mtk_template.npz").exists():
             return Template.load(self.root / "mtk_template.npz")
         ply = self.root / "FLAME_sample.ply"
@@ -280,7 +339,8 @@ class VOCASET:
         return Template.from_flame(first, ply if ply.exists() else None, masks if masks.exists() else None)
 
     def _scan(self, known_missing, strict):
-        found, skipped, absent = {}, [], []
+        import soundfile as sf
+        found, skipped, absent, drift = {}, [], [], []
         V3 = self.template.V * 3
         for split, subs in self.subjects_by_split.items():
             for subj in subs:
@@ -290,16 +350,28 @@ class VOCASET:
                     if not npy.exists() or not wav.exists():
                         (skipped if name in known_missing else absent).append(name)
                         continue
+                    T60 = self._check_vertex_file(npy, V3, self.templates[subj])
                     try:
-                        arr = np.load(npy, mmap_mode="r")
+                        info = sf.info(str(wav))
                     except Exception as e:  # noqa: BLE001
-                        raise ValueError(f"{npy}: unreadable vertex file ({e}); expected a (T, {V3}) float array") from e
-                    if arr.ndim != 2 or arr.shape[1] != V3 or arr.shape[0] < 2:
-                        raise ValueError(f"{npy}: vertex array has shape {arr.shape}, expected (T>=2, {V3}) "
-                                         f"= (frames at 60 fps, {self.template.V} vertices x 3)")
+                        raise ValueError(f"{wav}: cannot read audio ({e})") from e
+                    if info.frames == 0:
+                        raise ValueError(f"{wav}: the audio file holds no samples")
+                    gap = abs(info.frames / info.samplerate - T60 / 60)
+                    if gap > self.MAX_LENGTH_MISMATCH:
+                        raise ValueError(f"{wav}: {info.frames / info.samplerate:.2f} s of audio for {T60 / 60:.2f} s "
+                                         f"of vertices ({npy.name}); expected them to agree within "
+                                         f"{self.MAX_LENGTH_MISMATCH} s")
+                    if gap > self.WARN_LENGTH_MISMATCH:
+                        drift.append(f"{name} ({gap:.2f} s)")
                     found[name] = (split, subj, k, npy, wav)
         if skipped:
             warnings.warn(f"VOCASET: skipping {len(skipped)} known-missing sequences: {sorted(skipped)}", stacklevel=3)
+        if drift:
+            warnings.warn(f"VOCASET at {self.root}: audio and vertex lengths differ by more than "
+                          f"{self.WARN_LENGTH_MISMATCH} s in {len(drift)} clips: {drift[:10]}"
+                          + (" ..." if len(drift) > 10 else "") + "; the audio is stretched to the vertex frames",
+                          stacklevel=3)
         if absent:
             msg = f"VOCASET at {self.root}: {len(absent)} sequences missing: {sorted(absent)[:20]}" + \
                   (" ..." if len(absent) > 20 else "")
@@ -307,6 +379,38 @@ class VOCASET:
                 raise FileNotFoundError(msg + " (pass strict=False to skip them with a warning)")
             warnings.warn(msg + "; skipped", stacklevel=3)
         return found
+
+    @staticmethod
+    def _check_vertex_file(npy: Path, V3: int, template: Template) -> int:
+        """Header, dtype, shape and first frame of a vertex file (memory-mapped) -> its number of 60 fps frames."""
+        try:
+            arr = np.load(npy, mmap_mode="r")
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{npy}: unreadable vertex file ({e}); expected a (T, {V3}) float array") from e
+        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"{npy}: vertex array has dtype {arr.dtype}, expected floats (metres)")
+        if arr.ndim != 2 or arr.shape[1] != V3 or arr.shape[0] < 2:
+            raise ValueError(f"{npy}: vertex array has shape {arr.shape}, expected (T>=2, {V3}) "
+                             f"= (frames at 60 fps, {V3 // 3} vertices x 3)")
+        first = np.asarray(arr[0], dtype=np.float64)
+        if not np.isfinite(first).all():
+            raise ValueError(f"{npy}: the first frame has NaN or infinite coordinates")
+        span = np.ptp(first.reshape(-1, 3), axis=0).max()
+        if span > 10 * max(np.ptp(template.vertices, axis=0).max(), 0.1):
+            raise ValueError(f"{npy}: the face spans {span:.0f} units, the subject's template "
+                             f"{np.ptp(template.vertices, axis=0).max():.2f}: VOCASET is in metres; these look like "
+                             "millimetres")
+        return int(arr.shape[0])
+
+    # ------------------------------------------------------------------ identity and clips
+    @property
+    def key(self) -> str:
+        """The dataset's identity for run names: its clips, their lengths and its templates; not its path."""
+        import hashlib
+        h = hashlib.sha1((self.root / "templates.pkl").read_bytes())
+        for name, (_, _, _, npy, wav) in sorted(self._index.items()):
+            h.update(f"{name}:{npy.stat().st_size}:{wav.stat().st_size}".encode())
+        return "vocaset-" + h.hexdigest()[:10]
 
     def subjects(self, split: str) -> list[str]:
         return [s for sp, subs in self.subjects_by_split.items() for s in subs if split in ("all", sp)]
@@ -323,11 +427,40 @@ class VOCASET:
 
             def vertices(npy=npy):
                 arr = np.load(npy, mmap_mode="r")[::2]                     # 60 -> 30 fps, still memory-mapped
-                return np.array(arr, dtype=np.float32).reshape(len(arr), -1, 3)   # a copy of these frames only
+                v = np.array(arr, dtype=np.float32).reshape(len(arr), -1, 3)   # a copy of these frames only
+                if not np.isfinite(v).all():
+                    raise ValueError(f"{npy}: {int((~np.isfinite(v)).sum())} vertex coordinates are NaN or infinite")
+                return v
 
             out.append(Sequence(name, subj, k, sp, spk, self.templates[subj],
                                 lambda wav=wav: load_audio(wav), vertices))
         return out
+
+
+def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
+    """Write a SynthVOCA dataset in FaceFormer's processed VOCASET layout (read back by `VOCASET`).
+
+    out/vertices_npy/<subject>_sentenceNN.npy   (T60, V*3) float32, metres, 60 fps
+    out/wav/<subject>_sentenceNN.wav            16 kHz PCM16 mono
+    out/templates.pkl                           {subject: (V, 3)}
+    out/mtk_template.npz                        faces and region masks (FLAME_sample.ply's role)
+    """
+    import soundfile as sf
+
+    ds = SynthVOCA(root)
+    out = Path(out)
+    (out / "vertices_npy").mkdir(parents=True, exist_ok=True)
+    (out / "wav").mkdir(exist_ok=True)
+    templates = {}
+    for seq in ds.sequences("all"):
+        v60 = ds.vertices_60fps(seq.name)                                # (T60, V, 3)
+        np.save(out / "vertices_npy" / f"{seq.name}.npy", v60.reshape(len(v60), -1).astype(np.float32))
+        sf.write(out / "wav" / f"{seq.name}.wav", seq.audio(), 16000, subtype="PCM_16")
+        templates[seq.subject] = seq.template.vertices
+    with open(out / "templates.pkl", "wb") as f:
+        pickle.dump(templates, f)
+    ds.template.save(out / "mtk_template.npz")
+    return out
 
 
 # --------------------------------------------------------------------------- torch

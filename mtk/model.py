@@ -26,8 +26,8 @@ differences, both over real (unpadded) frames.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +36,8 @@ import torch.nn.functional as F
 
 from .configs import Config
 from .audio import AudioConfig, AudioEncoder, frames_for, normalize_waveform
+from .losses import masked_mse, vertex_losses
+from .checks import check_audio, check_stage, check_template
 from .memory import MotionMemory
 from .stylize import StyleConfig, StyleEncoder, stylize_memory, triplet_loss
 
@@ -115,28 +117,6 @@ def alignment_mask(T: int, device=None) -> torch.Tensor:
     return ~torch.eye(T, dtype=torch.bool, device=device)
 
 
-def masked_mse(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over real frames: pred, gt (B, T, D), mask (B, T)."""
-    err = ((pred - gt) ** 2).mean(-1)
-    return (err * mask).sum() / mask.sum().clamp(min=1)
-
-
-def vertex_losses(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_mse, L_vel) over real frames. L_vel (Eq. 10) is the MSE of consecutive-frame differences,
-    computed as the differences of the error d = pred - gt (the same thing, one big tensor fewer)."""
-    d = pred - gt                                                            # (B, T, D)
-    mse = ((d * d).mean(-1) * mask).sum() / mask.sum().clamp(min=1)
-    m = mask[:, 1:] & mask[:, :-1]
-    dv = d[:, 1:] - d[:, :-1]
-    vel = ((dv * dv).mean(-1) * m).sum() / m.sum().clamp(min=1)
-    return mse, vel
-
-
-def velocity_loss(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 10: MSE between consecutive-frame differences, over pairs of real frames."""
-    return vertex_losses(pred, gt, mask)[1]
-
-
 def in_batch_triplets(speaker: torch.Tensor):
     """(anchor, positive, negative) index triplets within a batch: every ordered pair (i, j) of clips of
     one speaker, with a clip of another speaker as the negative (cycling through them).
@@ -157,11 +137,15 @@ class MemoryTalker(nn.Module):
 
     n_stages = 2
 
-    def __init__(self, cfg: ModelConfig, lip_idx=None):
+    def __init__(self, cfg: ModelConfig, lip_idx=None, template=None, audio_hf_config: dict | None = None):
+        """lip_idx: the lip vertices (for L_lip); template: the neutral face `animate` uses by default (a
+        `Template`, saved with `save_pretrained`); audio_hf_config: the speech encoder's transformers config
+        (`from_pretrained` builds it from this instead of loading `cfg.audio.pretrained`)."""
         super().__init__()
         self.cfg = cfg
+        self.template = template
         c, n = cfg.dim, cfg.n_slots
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.audio_encoder = AudioEncoder(cfg.audio, hf_config=audio_hf_config)
         self.head_dropout = nn.Dropout(0.1)
         self.head = nn.Linear(self.audio_encoder.hidden_size, n)              # "lm_head": the text representation
         self.txt_proj = nn.Linear(n, c)                                         # psi, Eq. 4
@@ -184,7 +168,27 @@ class MemoryTalker(nn.Module):
 
     @classmethod
     def from_dataset(cls, cfg: ModelConfig, dataset) -> "MemoryTalker":
-        return cls(cfg, dataset.template.mask("lips"))
+        return cls(cfg, dataset.template.mask("lips"), template=dataset.template)
+
+    # ------------------------------------------------------------------ sharing
+    def save_pretrained(self, folder) -> "Path":
+        """Write config.json, model.safetensors and template.npz to `folder` (`mtk.checkpoint`): everything
+        `from_pretrained` needs, without the dataset or the pretrained-encoder folder."""
+        from .checkpoint import save_pretrained
+        return save_pretrained(folder, self, self.cfg.to_dict(), self.template,
+                               self.audio_encoder.model.config.to_dict())
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu") -> "MemoryTalker":
+        """A model written by `save_pretrained` (or a run's `model/` folder), in eval mode. Nothing is unpickled."""
+        from .checkpoint import read_pretrained
+        config, weights, template = read_pretrained(folder, device)
+        if config.get("class") != cls.__name__:
+            raise ValueError(f"{folder}: holds a {config.get('class')!r}, not a {cls.__name__}")
+        model = cls(ModelConfig.from_dict(config["config"]), weights["lip_idx"], template=template,
+                    audio_hf_config=config.get("audio_config"))
+        model.load_state_dict(weights)
+        return model.to(device).eval()
 
     # ------------------------------------------------------------------ pieces
     def text_representation(self, audio, audio_lengths, n_frames):
@@ -348,24 +352,31 @@ class MemoryTalker(nn.Module):
                             stage=stage, return_features=return_features, w_s=w_s)
 
     @torch.no_grad()
-    def animate(self, audio, sample_rate: int, template, stage: int = 2) -> np.ndarray:
+    def animate(self, audio, sample_rate: int, template=None, stage: int | None = None) -> np.ndarray:
         """Animate a neutral face from speech alone: -> vertices (T, V, 3) at 30 fps, metres.
 
-        audio: (N,) or (N, channels) samples, any sample rate (resampled to 16 kHz,
-        downmixed to mono). template: (V, 3) or (V*3,) neutral vertices, or a `Template`.
-        No speaker identity is used. Clips longer than `max_window_frames` (20 s) are
-        animated in overlapping windows blended with a linear cross-fade.
+        audio: (N,) or (N, channels) samples, any sample rate >= 4 kHz in Hz (resampled to 16 kHz,
+        downmixed to mono). template: (V, 3) or (V*3,) neutral vertices in metres, or a `Template`;
+        default the model's own (`self.template`). stage: 2 (default; 1 for the no-memory model) or 1.
+        Everything is checked first (`mtk.checks`). No speaker identity is used. Clips longer than
+        `max_window_frames` (20 s) are animated in overlapping windows blended with a linear cross-fade.
         """
         from .data import to_mono_16k
+        n_stages = 2 if self.cfg.use_memory else 1
+        stage = check_stage(n_stages if stage is None else stage, n_stages)
+        if template is None:
+            if self.template is None:
+                raise ValueError("no template given and the model carries none: pass the neutral face (V, 3)")
+            template = self.template
+        tmpl = check_template(template, self.cfg.vertex_dim)
         x = check_audio(audio, sample_rate)
-        x = to_mono_16k(x, sample_rate, source="animate(audio)")
-        tmpl = np.asarray(getattr(template, "vertices", template), dtype=np.float32).reshape(-1)
-        if tmpl.size != self.cfg.vertex_dim:
-            raise ValueError(f"template has {tmpl.size // 3} vertices (V*3 = {tmpl.size}); this model animates "
-                             f"V*3 = {self.cfg.vertex_dim}")
-        from .train import eval_mode
-        with eval_mode(self):
+        x = to_mono_16k(x, int(sample_rate), source="animate(audio)")
+        was_training = self.training
+        self.eval()
+        try:
             return self._animate_windows(x, tmpl, stage).reshape(-1, tmpl.size // 3, 3)
+        finally:
+            self.train(was_training)
 
     def _animate_windows(self, x: np.ndarray, tmpl: np.ndarray, stage: int) -> np.ndarray:
         """16 kHz mono (N,) -> (T, V*3): one pass, or overlapping windows of `max_window_frames`."""
@@ -396,25 +407,3 @@ class MemoryTalker(nn.Module):
             weight[s:e] += ramp
         return out / weight[:, None]
 
-
-def check_audio(audio, sample_rate: int, min_seconds: float = 0.1) -> np.ndarray:
-    """Validate audio for inference: finite, non-empty, not silent, at least `min_seconds` long."""
-    x = np.asarray(audio.detach().cpu() if torch.is_tensor(audio) else audio, dtype=np.float32)
-    if not isinstance(sample_rate, (int, np.integer)) or sample_rate <= 0:
-        raise ValueError(f"sample_rate {sample_rate!r}: expected a positive integer (Hz)")
-    if x.ndim not in (1, 2):
-        raise ValueError(f"audio has shape {x.shape}: expected (N,) or (N, channels)")
-    if x.size == 0:
-        raise ValueError("audio is empty: expected at least 0.1 s of speech")
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise ValueError(f"audio has {bad} non-finite samples (NaN or inf): expected finite values")
-    n = x.shape[0] if x.ndim == 1 or x.shape[0] > x.shape[1] else x.shape[1]
-    if n / sample_rate < min_seconds:
-        raise ValueError(f"audio is {n / sample_rate * 1000:.0f} ms long: expected at least {min_seconds * 1000:.0f} ms")
-    if np.abs(x).max() < 1e-4:
-        raise ValueError(f"audio is silent (peak amplitude {np.abs(x).max():.1e}): expected speech")
-    if np.abs(x).max() > 1.0 + 1e-6:
-        warnings.warn(f"audio peak amplitude {np.abs(x).max():.2f} > 1: the waveform is normalised per clip, "
-                      "so this is fine, but check that it is float audio in [-1, 1]", stacklevel=3)
-    return x

@@ -41,15 +41,15 @@ Layout on disk (compact; vertices are materialised on load):
     <root>/seq/<subject>_sentenceNN.npz   weights (T60, K) at 60 fps, audio int16 16 kHz, phonemes
     <root>/fid_extractor.npz      the FID motion-feature extractor, fitted on the train split
 
-`export_vocaset_layout` writes the FaceFormer-processed VOCASET layout
-(`vertices_npy/`, `wav/`, `templates.pkl`), so the real loader reads it too.
+The reader is `mtk.data.SynthVOCA`; `mtk.data.export_vocaset_layout` writes the FaceFormer-processed
+VOCASET layout (`vertices_npy/`, `wav/`, `templates.pkl`), so the real loader reads it too. This module
+never imports `mtk.data` (imports flow one way: data -> synthvoca).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import pickle
 import shutil
 import tempfile
 import time
@@ -346,6 +346,7 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
         base.save(tmp / "template.npz")
         np.savez_compressed(tmp / "basis.npz", fields=B, names=np.array(art.BASIS))
         seq_meta = []
+        train_weights: dict[str, list[np.ndarray]] = {}                  # subject -> (T60, K) per clip
         jobs = [(s, k, idx) for s in speakers for k, idx in enumerate(sentences[s.name], start=1)]
         for spk, k, idx in tqdm(jobs, desc=f"SynthVOCA {cfg.name}", disable=not progress):
             rng = np.random.default_rng([cfg.seed, 3, int(spk.name[-2:]), k])
@@ -356,6 +357,8 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
             if peak > 1.0:   # should not happen with the gains above; never clip silently
                 raise RuntimeError(f"{spk.name} sentence {k}: audio peak {peak:.2f} > 1 would clip")
             name = f"{spk.name}_sentence{k:02d}"
+            if spk.split == "train":
+                train_weights.setdefault(spk.name, []).append(W.astype(np.float32))
             np.savez_compressed(
                 tmp / "seq" / f"{name}.npz", weights=W.astype(np.float32),
                 audio=np.round(utt.audio * 32767).astype(np.int16),
@@ -374,7 +377,8 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
                     speakers=[s.to_json() for s in speakers], sequences=seq_meta,
                     generation_seconds=round(time.time() - t_start, 2))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _fit_fid_extractor(tmp)
+        _fit_fid_extractor(tmp, base, B, train_weights, [speaker_template(base, s, cfg.resolution) for s in speakers
+                                                         if s.split == "train"])
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)
@@ -384,17 +388,21 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
     return root
 
 
-def _fit_fid_extractor(root: Path) -> None:
-    """Fit the FID feature extractor on the train split's ground truth and save it with the data."""
-    from .data import SynthVOCA
+def _fit_fid_extractor(root: Path, base: Template, basis: np.ndarray, train_weights: dict[str, list[np.ndarray]],
+                       templates: list[Template]) -> None:
+    """Fit the FID feature extractor on the train split's ground truth (30 fps, as loaded) and save it
+    with the data. Vertices are rebuilt from the generated weights: template + weights[::2] @ basis."""
     from .metrics import MotionFeatureExtractor
-    ds = SynthVOCA(root)
-    train = ds.sequences("train")
-    seqs = [s.vertices() for s in train]
-    tmpls = [s.template.vertices for s in train]
+    K, V, _ = basis.shape
+    seqs, tmpls = [], []
+    for t in templates:
+        for W in train_weights[t.name]:
+            W30 = W[::2]                                                       # 60 -> 30 fps, as the loader
+            seqs.append((t.vertices[None] + (W30 @ basis.reshape(K, V * 3)).reshape(len(W30), V, 3)).astype(np.float32))
+            tmpls.append(t.vertices)
     # SynthVOCA motion is exactly a combination of the 13 basis fields, about 10 of
     # which move the lower face, so 10 components (not the 16 used for VOCASET)
-    ext = MotionFeatureExtractor.fit(seqs, tmpls, ds.template.mask("lower_face"), n_components=10)
+    ext = MotionFeatureExtractor.fit(seqs, tmpls, base.mask("lower_face"), n_components=10)
     ext.save(root / "fid_extractor.npz")
 
 
@@ -467,30 +475,3 @@ def speaker_template(base: Template, spk: Speaker, resolution: str) -> Template:
     """A speaker's neutral face: the procedural head with their identity shape."""
     t = Template.procedural(resolution, identity=spk.identity)
     return base.with_vertices(t.vertices, name=spk.name)
-
-
-def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
-    """Write a SynthVOCA dataset in FaceFormer's processed VOCASET layout.
-
-    out/vertices_npy/<subject>_sentenceNN.npy   (T60, V*3) float32, metres, 60 fps
-    out/wav/<subject>_sentenceNN.wav            16 kHz PCM16 mono
-    out/templates.pkl                           {subject: (V, 3)}
-    out/mtk_template.npz                        faces and region masks (FLAME_sample.ply's role)
-    """
-    import soundfile as sf
-
-    from .data import SynthVOCA
-    ds = SynthVOCA(root)
-    out = Path(out)
-    (out / "vertices_npy").mkdir(parents=True, exist_ok=True)
-    (out / "wav").mkdir(exist_ok=True)
-    templates = {}
-    for seq in ds.sequences("all"):
-        v60 = ds.vertices_60fps(seq.name)                                # (T60, V, 3)
-        np.save(out / "vertices_npy" / f"{seq.name}.npy", v60.reshape(len(v60), -1).astype(np.float32))
-        sf.write(out / "wav" / f"{seq.name}.wav", seq.audio(), 16000, subtype="PCM_16")
-        templates[seq.subject] = seq.template.vertices
-    with open(out / "templates.pkl", "wb") as f:
-        pickle.dump(templates, f)
-    ds.template.save(out / "mtk_template.npz")
-    return out

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from mtk.data import VOCASET, SynthVOCA, collate, FaceDataset
-from mtk.synthvoca import SynthConfig, export_vocaset_layout, generate, make_speakers, style_audibility
+from mtk.data import VOCASET, SynthVOCA, collate, export_vocaset_layout, FaceDataset
+from mtk.synthvoca import SynthConfig, generate, make_speakers, style_audibility
 
 
 def test_same_seed_same_data(tmp_path, smoke_ds):

@@ -69,7 +69,8 @@ import torch.nn.functional as F
 
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
-from ..model import PeriodicPositionalEncoding, masked_mse, vertex_losses
+from ..losses import masked_mse, vertex_losses
+from ..model import PeriodicPositionalEncoding
 from ..recipes import Recipe, budget, train_config, method_recipe
 from ..train import eval_mode
 from .faceformer import alibi_slopes, condition_indices, decode, decoder_step, wav2vec2_base

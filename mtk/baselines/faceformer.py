@@ -57,7 +57,8 @@ import torch.nn.functional as F
 
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
-from ..model import PeriodicPositionalEncoding, alignment_mask, vertex_losses
+from ..losses import vertex_losses
+from ..model import PeriodicPositionalEncoding, alignment_mask
 from ..recipes import Recipe, method_recipe
 from ..train import eval_mode
 

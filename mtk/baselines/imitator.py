@@ -72,7 +72,8 @@ from ..articulation import PHONEMES, strip_stress
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..data import FaceDataset, collate
-from ..model import alignment_mask, vertex_losses
+from ..losses import vertex_losses
+from ..model import alignment_mask
 from ..recipes import Recipe, method_recipe
 from ..train import eval_mode
 

@@ -83,7 +83,7 @@ import torch.utils.checkpoint
 
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder, frames_for
-from ..model import vertex_losses
+from ..losses import vertex_losses
 from ..paths import data_dir
 from ..recipes import Recipe, method_recipe
 

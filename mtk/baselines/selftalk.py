@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from ..articulation import PHONEMES
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
-from ..model import vertex_losses
+from ..losses import vertex_losses
 from ..recipes import Recipe, method_recipe
 from ..train import eval_mode
 

@@ -60,7 +60,6 @@ Sizes (parameters besides the audio encoder):
 from __future__ import annotations
 
 import json
-import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -74,11 +73,13 @@ import torch.nn.functional as F
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..data import motion_scale, FaceDataset, Sequence, SynthVOCA, collate
-from ..model import masked_mse, vertex_losses
+from ..losses import masked_mse, vertex_losses
 from ..paths import data_dir
 from ..recipes import build, dataset_key, method_recipe
 from ..synthvoca import SynthConfig, generate
-from ..train import TrainConfig, config_hash, evaluate_loss, resume, save_atomic, seed_everything, to_device
+from .. import checkpoint
+from ..train import (TrainConfig, check_finite, config_hash, evaluate_loss, seed_everything, to_device,
+                     trainable_only)
 
 
 def second_dataset_config(preset: str) -> dict:
@@ -212,12 +213,14 @@ def fit_pca(sequences: list[Sequence], pca_dim: int, max_frames: int = 4000, see
 
 def dataset_pca(dataset, pca_dim: int, max_frames: int) -> dict:
     """`fit_pca` on a dataset's training split, cached on disk (data/unitalker-pca/) by the dataset's key."""
-    path = data_dir() / "unitalker-pca" / f"{config_hash(dataset_key(dataset), pca_dim, max_frames, 'v1')}.pt"
+    path = data_dir() / "unitalker-pca" / f"{config_hash(dataset_key(dataset), pca_dim, max_frames, 'v1')}.safetensors"
     if path.exists():
-        return torch.load(path, weights_only=True)
+        t = checkpoint.load_tensors(path)
+        return {"basis": t["basis"], "mean": t["mean"], "explained": float(t["explained"]),
+                "coef_rms": float(t["coef_rms"])}
     pca = fit_pca(dataset.sequences("train"), pca_dim, max_frames)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_atomic(pca, path)
+    checkpoint.save_tensors(path, {k: v if torch.is_tensor(v) else torch.tensor(v) for k, v in pca.items()})
     return pca
 
 
@@ -417,75 +420,69 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
     model.trained_jointly = True
     params = model.stage_parameters(cfg.stage)
     trainable = {id(p) for p in params}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in trainable)
-    opt = torch.optim.Adam(params, lr=cfg.lr)
-    history = {"train": [], "val": [], "seconds": []}
-    start = 0
-    key = config_hash(cfg.to_dict(), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
-    if (done := resume(ckpt_path, key, model, opt, device)) is not None:
-        history, start = done
-        if start >= cfg.epochs:
-            return history
-    if start == 0:
-        seed_everything(cfg.seed)
-    bases = [FaceDataset(seqs, n, cache=cfg.cache) for seqs, n in datasets]
-    # the kit's Adam-epsilon fix (mtk.train.loss_scale): each dataset's loss divided by its squared RMS motion
-    scales = [1.0 / motion_scale(seqs) ** 2 if cfg.normalize_loss else 1.0 for seqs, _ in datasets]
-    val_loader = None
-    if val:
-        val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_val_speakers or datasets[0][1]),
-                                                 batch_size=cfg.batch_size, collate_fn=collate)
-    encoder = [p for p in model.audio_encoder.parameters() if id(p) in trainable]
-    gen = torch.Generator()
-    for epoch in range(start, cfg.epochs):
-        t0 = time.time()
-        for p in encoder:                                                  # epoch 0: encoder frozen (warm-up)
-            p.requires_grad_(not (epoch == 0 and model.cfg.freeze_encoder_first_epoch))
-        gen.manual_seed(cfg.seed * 1000 + epoch)
-        loaders = [torch.utils.data.DataLoader(b, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                               collate_fn=collate) for b in bases]
-        order = torch.cat([torch.full((len(ld),), i) for i, ld in enumerate(loaders)])
-        order = order[torch.randperm(len(order), generator=gen)].tolist()   # which dataset each batch is from
-        if cfg.max_batches is not None:                                    # short runs alternate the datasets
-            lens = [len(ld) for ld in loaders]
-            order = [i for r in range(max(lens)) for i in range(len(lens)) if r < lens[i]][:cfg.max_batches]
-        iters = [iter(ld) for ld in loaders]
-        model.train()
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        bar = tqdm(order, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
-        for d in bar:
-            batch = to_device(next(iters[d]), device)
-            out = model(batch, stage=cfg.stage)
-            opt.zero_grad(set_to_none=True)
-            (out["loss"] * scales[d]).backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            terms = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
-            terms[f"mse/{annotation_type_of(model, batch)}"] = terms["mse"]
-            for k, v in terms.items():
-                sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
-            bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.3e}")
-        history["train"].append({k: v / counts[k] for k, v in sums.items()})
-        if val_loader is not None:
-            history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
-        history["seconds"].append(time.time() - t0)
-        state = {"key": key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "history": history, "train_config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}}
-        save_atomic(state, ckpt_path)
-        if progress:
-            msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
-            if history["val"]:
-                msg += f", val mse {history['val'][-1]['mse']:.4e}"
-            print(msg + f" ({history['seconds'][-1]:.1f} s)", flush=True)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if model.cfg.audio.freeze_feature_encoder:
-        for p in model.audio_encoder.model.feature_extractor.parameters():
-            p.requires_grad_(False)
+    with trainable_only(model, params):
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        history = {"train": [], "val": [], "seconds": []}
+        start = 0
+        key = config_hash(cfg.to_dict(), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
+        if (record := checkpoint.load_training_state(ckpt_path, key, model, opt, device)) is not None:
+            history, start = record["history"], record["epoch"]
+            if start >= cfg.epochs:
+                return history
+        if start == 0:
+            seed_everything(cfg.seed)
+        bases = [FaceDataset(seqs, n, cache=cfg.cache) for seqs, n in datasets]
+        # the kit's Adam-epsilon fix (mtk.train.loss_scale): each dataset's loss divided by its squared RMS motion
+        scales = [1.0 / motion_scale(seqs) ** 2 if cfg.normalize_loss else 1.0 for seqs, _ in datasets]
+        val_loader = None
+        if val:
+            val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_val_speakers or datasets[0][1]),
+                                                     batch_size=cfg.batch_size, collate_fn=collate)
+        encoder = [p for p in model.audio_encoder.parameters() if id(p) in trainable]
+        gen = torch.Generator()
+        for epoch in range(start, cfg.epochs):
+            t0 = time.time()
+            for p in encoder:                                                  # epoch 0: encoder frozen (warm-up)
+                p.requires_grad_(not (epoch == 0 and model.cfg.freeze_encoder_first_epoch))
+            gen.manual_seed(cfg.seed * 1000 + epoch)
+            loaders = [torch.utils.data.DataLoader(b, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                                                   collate_fn=collate) for b in bases]
+            order = torch.cat([torch.full((len(ld),), i) for i, ld in enumerate(loaders)])
+            order = order[torch.randperm(len(order), generator=gen)].tolist()   # which dataset each batch is from
+            if cfg.max_batches is not None:                                    # short runs alternate the datasets
+                lens = [len(ld) for ld in loaders]
+                order = [i for r in range(max(lens)) for i in range(len(lens)) if r < lens[i]][:cfg.max_batches]
+            iters = [iter(ld) for ld in loaders]
+            model.train()
+            sums: dict[str, float] = {}
+            counts: dict[str, int] = {}
+            bar = tqdm(order, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+            for d in bar:
+                batch = to_device(next(iters[d]), device)
+                out = model(batch, stage=cfg.stage)
+                check_finite(out, batch, f"UniTalker epoch {epoch + 1}")
+                opt.zero_grad(set_to_none=True)
+                (out["loss"] * scales[d]).backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                terms = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0}
+                terms[f"mse/{annotation_type_of(model, batch)}"] = terms["mse"]
+                for k, v in terms.items():
+                    sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
+                bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.3e}")
+            history["train"].append({k: v / counts[k] for k, v in sums.items()})
+            if val_loader is not None:
+                history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
+            history["seconds"].append(time.time() - t0)
+            checkpoint.save_training_state(ckpt_path, model, opt, {
+                "key": key, "epoch": epoch + 1, "history": history, "train_config": cfg.to_dict(),
+                "model_config": model.cfg.to_dict()})
+            if progress:
+                msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
+                if history["val"]:
+                    msg += f", val mse {history['val'][-1]['mse']:.4e}"
+                print(msg + f" ({history['seconds'][-1]:.1f} s)", flush=True)
     return history
 
 
@@ -504,7 +501,7 @@ def load_or_train(recipe, dataset, progress: bool = True):
          "stage1": recipe.stage1.__dict__, "stage2": None, "dataset": dataset_key(dataset)}, indent=1))
     model = build(recipe, dataset)
     data = [(ds.sequences("train"), len(ds.train_subjects)) for ds in model.datasets]
-    h1 = fit(model, data, recipe.stage1, run / "stage1.pt", dataset.sequences("val") or None,
+    h1 = fit(model, data, recipe.stage1, run / "stage1", dataset.sequences("val") or None,
              len(dataset.train_subjects), progress=progress)
     model.eval()
     return model, {"run_dir": run, "history1": h1,
