@@ -19,6 +19,7 @@ their valid samples, as `Wav2Vec2Processor` does for FaceFormer and MemoryTalker
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,10 +77,13 @@ class AudioConfig(Config):
                    feat_proj_dropout=0.0)
 
 
-def load_hf_model(cfg: AudioConfig):
-    """The transformers model (HubertModel or Wav2Vec2Model), pretrained or random-init."""
-    from transformers import HubertModel, Wav2Vec2Model
+def load_hf_model(cfg: AudioConfig, hf_config: dict | None = None):
+    """The transformers model (HubertModel or Wav2Vec2Model): pretrained, random-init from `cfg`, or
+    random-init from a saved transformers config `hf_config` (whose weights the caller then loads)."""
+    from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
     cls = {"hubert": HubertModel, "wav2vec2": Wav2Vec2Model}[cfg.kind]
+    if hf_config is not None:
+        return cls({"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config}[cfg.kind].from_dict(hf_config))
     if cfg.pretrained is None:
         return cls(cfg.hf_config())
     try:
@@ -91,6 +95,34 @@ def load_hf_model(cfg: AudioConfig):
             "model on a machine with network access and pass its local folder as `pretrained`, or use the "
             "kit's small default, trained from scratch: AudioConfig.default() (pretrained=None)."
         ) from e
+
+
+def pretrained_identity(pretrained: str | None) -> str | None:
+    """What a `pretrained` setting means, independent of where it lives: a hub name stays as it is; a local
+    folder becomes "local:<hash of its config.json and weight files>", so a run trained from it is found
+    again after the checkout (or the folder) moves, and a folder whose weights changed is a new run."""
+    from pathlib import Path
+    if pretrained is None or not Path(pretrained).is_dir():
+        return pretrained
+    import hashlib
+    folder = Path(pretrained)
+    h = hashlib.sha1()
+    for f in sorted(folder.iterdir()):
+        if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
+            h.update(f.name.encode())
+            h.update(_file_digest(str(f), f.stat().st_size, f.stat().st_mtime_ns).encode())
+    return f"local:{h.hexdigest()[:12]}"
+
+
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    """sha1 of a file's bytes (cached per process by path, size and time: HuBERT-base is hashed once)."""
+    import hashlib
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def normalize_waveform(audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -111,10 +143,10 @@ def frames_for(n_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -
 class AudioEncoder(nn.Module):
     """Waveform (B, N) at 16 kHz -> features (B, T, hidden) at the mesh frame rate."""
 
-    def __init__(self, cfg: AudioConfig):
+    def __init__(self, cfg: AudioConfig, hf_config: dict | None = None):
         super().__init__()
         self.cfg = cfg
-        self.model = load_hf_model(cfg)
+        self.model = load_hf_model(cfg, hf_config)
         if cfg.freeze_feature_encoder:
             for p in self.model.feature_extractor.parameters():
                 p.requires_grad = False
@@ -179,13 +211,18 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
     out_dir = Path(out_dir)
     if (out_dir / "pretrain.json").exists():
         return out_dir
+    train_seqs = dataset.sequences("train")
+    if not any(s.phoneme_intervals for s in train_seqs):
+        raise ValueError(f"{dataset!r} has no phoneme labels: phoneme pretraining needs them (SynthVOCA has them, "
+                         "VOCASET does not). Use a pretrained encoder instead (AudioConfig(pretrained=<hub name or "
+                         "folder>), the 'paper' preset).")
     torch.manual_seed(seed)
     from dataclasses import replace
     enc = AudioEncoder(replace(cfg, pretrained=None, freeze_feature_encoder=False))
     clf = nn.Linear(enc.hidden_size, len(PHONEMES))
     params = list(enc.parameters()) + list(clf.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    train = FaceDataset(dataset.sequences("train"), len(dataset.train_subjects), cache=True)
+    train = FaceDataset(train_seqs, len(dataset.train_subjects), cache=True)
     val = FaceDataset(dataset.sequences("val") or dataset.sequences("train")[:8], len(dataset.train_subjects))
     gen = torch.Generator().manual_seed(seed)
 
@@ -206,6 +243,9 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
         losses = []
         for batch in tqdm(loader, desc=f"phoneme pretraining {epoch + 1}/{epochs}", leave=False, disable=not progress):
             loss, _ = run(batch, True)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"phoneme pretraining epoch {epoch + 1}: the loss is {float(loss.detach())} on the "
+                                         f"clips {batch['name']}; nothing was saved")
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -8,7 +8,9 @@ none), animates the kit's neutral face from the audio alone, and writes
     .mp4   a rendered video with the sound (H.264 + AAC, through the ffmpeg binary of imageio-ffmpeg)
 
 Any sample rate and channel count is accepted (resampled to 16 kHz mono); clips longer than 20 s are
-animated in overlapping windows. An unreadable, empty, silent or non-finite file gets a clear error.
+animated in overlapping windows. What is accepted is checked before any work (`mtk.checks`): an
+unreadable, empty, silent, constant or non-finite file, an unknown output type or an unwritable output
+folder gets a clear error naming the file. The mp4 has exactly one video frame per animation frame.
 """
 from __future__ import annotations
 
@@ -18,39 +20,53 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import check_audio, check_outputs, check_stage
 from .data import load_audio
 
-SUFFIXES = (".mp4", ".html", ".npy")
+def default_preset() -> str:
+    """"smoke" when MTK_SMOKE=1 (as everywhere in the kit), else "default"."""
+    from .paths import smoke
+    return "smoke" if smoke() else "default"
 
 
-def trained_model(preset: str = "default", progress: bool = True):
+def trained_model(preset: str | None = None, progress: bool = True):
     """The preset's MemoryTalker (both stages) and its dataset, trained on first use."""
     from . import recipes
     from .data import load_dataset
+    preset = preset or default_preset()
     ds = load_dataset(preset, progress=progress)
     model, _ = recipes.load_or_train(recipes.memorytalker(preset, ds, progress=progress), ds, progress=progress)
     return model.eval(), ds
 
 
-def animate_file(audio_path, out_paths, preset: str = "default", stage: int = 2, model=None, template=None,
-                 progress: bool = True, size: int = 480) -> dict:
-    """Animate `audio_path` and write every requested output. Returns {suffix: path} and the frame count."""
+def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | None = None, model=None,
+                 template=None, progress: bool = True, size: int = 480) -> dict:
+    """Animate `audio_path` and write every requested output. Returns {suffix: path} and the frame count.
+
+    Everything the user gave is checked before any dataset generation, training or rendering
+    (`mtk.checks`): the outputs' types and folders, the audio file, the stage. preset: "default" or
+    "smoke" (default: "smoke" when MTK_SMOKE=1, else "default"); ignored when `model` is given.
+    template: default the model's own neutral face.
+    """
     audio_path = Path(audio_path)
-    outs = [Path(p) for p in ([out_paths] if isinstance(out_paths, (str, Path)) else out_paths)]
-    for p in outs:
-        if p.suffix not in SUFFIXES:
-            raise ValueError(f"{p}: unsupported output type {p.suffix!r}; expected one of {SUFFIXES}")
+    outs = check_outputs(out_paths)
     audio = load_audio(audio_path)                                   # (N,) 16 kHz mono, or a clear error
+    try:
+        check_audio(audio, 16000)
+        if stage is not None:
+            check_stage(stage, 2 if model is None or model.cfg.use_memory else 1)
+    except ValueError as e:
+        raise ValueError(f"{audio_path}: {e}") from None
     if model is None:
-        model, ds = trained_model(preset, progress)
-        template = template if template is not None else ds.template
+        model, _ = trained_model(preset, progress)
+    template = template if template is not None else model.template
     try:
         verts = model.animate(audio, 16000, template, stage=stage)   # (T, V, 3)
     except ValueError as e:
         raise ValueError(f"{audio_path}: {e}") from None
+    faces = getattr(template, "faces", None)
     written = {}
     for p in outs:
-        p.parent.mkdir(parents=True, exist_ok=True)
         if p.suffix == ".npy":
             np.save(p, verts.astype(np.float32))
         elif p.suffix == ".html":
@@ -59,7 +75,9 @@ def animate_file(audio_path, out_paths, preset: str = "default", stage: int = 2,
             plot.snapshot_type = "full"                               # works offline
             p.write_text(plot.get_snapshot(additional_js_code="K3DInstance.startAutoPlay();"))
         else:
-            write_video(verts, template.faces, audio, 16000, p, size=size, progress=progress)
+            if faces is None or not len(faces):
+                raise ValueError(f"{p}: rendering a video needs the template's faces; pass a `Template`")
+            write_video(verts, faces, audio, 16000, p, size=size, progress=progress)
         written[p.suffix] = p
     return {"outputs": written, "frames": len(verts), "seconds": len(audio) / 16000}
 
@@ -72,6 +90,10 @@ def write_video(vertices, faces, audio, sample_rate, path, fps: int = 30, size: 
 
     from .viz import render_frames
     path = Path(path)
+    # the sound track lasts exactly as long as the frames: T / fps seconds, padded with silence or trimmed
+    # (a clip that is not a whole number of frames would otherwise make `-shortest` drop the last frame)
+    n = int(round(len(vertices) * sample_rate / fps))
+    audio = np.pad(np.asarray(audio, np.float32), (0, max(0, n - len(audio))))[:n]
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "audio.wav"
         sf.write(wav, np.clip(audio, -1, 1), sample_rate, subtype="PCM_16")
@@ -81,8 +103,7 @@ def write_video(vertices, faces, audio, sample_rate, path, fps: int = 30, size: 
                           stacklevel=2)
         writer = imageio_ffmpeg.write_frames(str(path), (size, size), fps=fps, codec="libx264",
                                              pix_fmt_in="rgb24", pix_fmt_out="yuv420p", quality=7,
-                                             audio_path=str(wav), audio_codec="aac", macro_block_size=16,
-                                             output_params=["-shortest"])
+                                             audio_path=str(wav), audio_codec="aac", macro_block_size=16)
         writer.send(None)
         for frame in tqdm(render_frames(vertices, faces, size=size), total=len(vertices), desc="rendering",
                           disable=not progress):

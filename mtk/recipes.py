@@ -47,8 +47,27 @@ class Recipe:
 
 
 def dataset_key(dataset) -> str:
-    meta = getattr(dataset, "meta", None)
-    return meta["key"] if meta else str(getattr(dataset, "root", "?"))
+    """A dataset's identity, independent of where it lives (SynthVOCA: its generator key; VOCASET: its files)."""
+    return dataset.key
+
+
+def check_dataset(dataset, preset: str) -> None:
+    """Before any pretraining or training: the dataset has what a preset needs, or a clear error.
+
+    Every method and metric needs the `lips` and `upper_face` regions; the small encoder's phoneme
+    pretraining ("smoke", "default") needs phoneme labels, which only SynthVOCA has."""
+    template = dataset.template
+    missing = [r for r in ("lips", "upper_face") if r not in template.masks]
+    if missing:
+        root = getattr(dataset, "root", None)
+        where = f" Add FLAME's region masks as {root / 'FLAME_masks.pkl'} (from the FLAME website)" if root else ""
+        raise ValueError(f"the dataset's template ({template.V} vertices) has no {' or '.join(missing)} region, "
+                         f"needed for the lip loss and the metrics.{where}")
+    if preset in PRETRAIN_EPOCHS and not getattr(dataset, "has_phonemes", False):
+        raise ValueError(
+            f"preset {preset!r} pretrains the kit's small speech encoder on phoneme labels, and {dataset!r} has "
+            "none (VOCASET has no phoneme alignment). Use preset 'paper' (a pretrained HuBERT: a hub name or a "
+            "local folder), or pass audio=AudioConfig(pretrained=<folder>) with a pretrained encoder.")
 
 
 PRETRAIN_EPOCHS = {"smoke": 2, "default": 12}
@@ -87,6 +106,7 @@ def method_recipe(name: str, preset: str, dataset, presets: dict, model_class, p
     from dataclasses import fields
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}")
+    check_dataset(dataset, preset if "audio" not in model_kw else "paper")
     if preset != "paper" and "audio" not in model_kw:
         model_kw["audio"] = pretrained_audio(preset, dataset, progress)
     cfg_cls = presets[preset].__self__
@@ -120,6 +140,9 @@ def memorytalker(preset: str, dataset, progress: bool = True, epochs: int | None
     epochs: a different total budget (split evenly between the stages), e.g. for ablation sweeps.
     Building the recipe for "smoke"/"default" runs the shared audio pretraining once if needed.
     """
+    if preset not in ("smoke", "default", "paper"):
+        raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
+    check_dataset(dataset, preset if "audio" not in model_kw else "paper")
     V3 = dataset.template.V * 3
     if preset in ("smoke", "default") and "audio" not in model_kw:
         model_kw["audio"] = pretrained_audio(preset, dataset, progress)
@@ -144,8 +167,9 @@ def build(recipe: Recipe, dataset):
 def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2)) -> tuple[MemoryTalker, dict]:
     """-> (model after the last requested stage, {"stage1": model copy's state, "history1": ..., ...}).
 
-    Stage 1 and stage 2 are separate checkpoints (`stage1.pt`, `stage2.pt`); the
-    returned dict also holds the stage-1 weights so both models can be compared.
+    Stage 1 and stage 2 are separate checkpoints (`stage1.*`, `stage2.*`: `mtk.checkpoint`); the
+    returned dict also holds the stage-1 weights so both models can be compared. A finished model with
+    `save_pretrained` is also written to `<run>/model/` (load it with `from_pretrained`, no dataset needed).
     """
     if recipe.trainer is not None:                       # e.g. UniTalker trains on two datasets
         return recipe.trainer(recipe, dataset, progress)
@@ -165,13 +189,15 @@ def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2))
                                if not k.startswith("style_encoder.")}, strict=False)
         h1 = src_out["history1"]
     else:
-        h1 = fit(model, train, recipe.stage1, run / "stage1.pt", n_train, val, progress=progress)
+        h1 = fit(model, train, recipe.stage1, run / "stage1", n_train, val, progress=progress)
     out["history1"] = h1
     out["stage1_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if 2 in stages and recipe.stage2 is not None and getattr(recipe.model, "use_memory", True):
-        h2 = fit(model, train, recipe.stage2, run / "stage2.pt", n_train, val, progress=progress)
+        h2 = fit(model, train, recipe.stage2, run / "stage2", n_train, val, progress=progress)
         out["history2"] = h2
     model.eval()
+    if hasattr(model, "save_pretrained") and tuple(stages) == (1, 2) and not (run / "model" / "config.json").exists():
+        model.save_pretrained(run / "model")
     return model, out
 
 

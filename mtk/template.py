@@ -101,7 +101,7 @@ class Template:
     def load(cls, path: str | Path) -> "Template":
         path = Path(path)
         try:
-            z = np.load(path)
+            z = np.load(path, allow_pickle=False)
         except Exception as e:  # noqa: BLE001 - rethrown with the file name
             raise ValueError(f"{path}: cannot read template npz ({e})") from e
         masks = {k[5:]: z[k] for k in z.files if k.startswith("mask/")}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -26,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import checkpoint
 from .configs import Config
 from .data import FaceDataset, Sequence, collate
-from .model import vertex_losses
+from .losses import vertex_losses
 
 
 @dataclass
@@ -86,7 +86,19 @@ def seed_everything(seed: int) -> None:
 
 
 def config_hash(*parts) -> str:
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    """Short hash of configs and names: a run's identity. It does not depend on where the checkout or the
+    data live: a local pretrained-encoder folder (any `"pretrained"` entry naming an existing folder) counts
+    by its content (`audio.pretrained_identity`), not by its path."""
+    from .audio import pretrained_identity
+
+    def portable(x):
+        if isinstance(x, dict):
+            return {k: (pretrained_identity(v) if k == "pretrained" and isinstance(v, str) else portable(v))
+                    for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [portable(v) for v in x]
+        return x
+    blob = json.dumps(portable(list(parts)), sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:10]
 
 
@@ -191,126 +203,124 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def resume(ckpt_path: Path, key: str, model: torch.nn.Module, opt, device) -> tuple[dict, int] | None:
-    """Restore model, optimizer, RNG states and history from `ckpt_path` if it holds a run of the config
-    hashed as `key`. -> (history, epochs done), or None when there is no such checkpoint."""
-    if not ckpt_path.exists():
-        return None
-    ck = torch.load(ckpt_path, map_location=device, weights_only=False)
-    if ck.get("key") != key:
-        return None
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    torch.set_rng_state(ck["rng"]["torch"])
-    np.random.set_state(ck["rng"]["numpy"])
-    random.setstate(ck["rng"]["python"])
-    return ck["history"], ck["epoch"]
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a checkpoint is never half-written."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt_path: str | Path,
-        n_train_speakers: int, val: list[Sequence] | None = None, progress: bool = True,
-        extra_state: dict | None = None, callback=None) -> dict:
-    """Train `model` for one stage; resume from `ckpt_path` if it holds an unfinished run of the same config.
-
-    Returns the history: {"train": [{term: mean per epoch}], "val": [...], "seconds": [...]}.
-    The checkpoint holds the model, optimizer, RNG states, history and `extra_state`.
-    callback(epoch, history) runs after each epoch's checkpoint is written (e.g. a live loss plot).
-    """
-    from tqdm.auto import tqdm
-
-    ckpt_path = Path(ckpt_path)
-    ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
-    model.to(device)
-    params = model.stage_parameters(cfg.stage)
+@contextmanager
+def trainable_only(model: torch.nn.Module, params):
+    """Within the block only `params` require gradients; on leaving (normally, by an error, or when a
+    finished run is loaded instead of trained) every parameter gets its flag back. So a model that was
+    just trained and one loaded from its checkpoint are the same object, bit for bit, flags included."""
+    before = {id(p): p.requires_grad for p in model.parameters()}
     trainable = {id(p) for p in params}
     for p in model.parameters():
         p.requires_grad_(id(p) in trainable)
-    groups = model.param_groups(cfg.stage, cfg.lr) if hasattr(model, "param_groups") else [{"params": params}]
-    opt = torch.optim.Adam(groups, lr=cfg.lr)
-    history = {"train": [], "val": [], "seconds": []}
-    start = 0
-    key = config_hash(asdict(cfg), getattr(model, "cfg", None) and model.cfg.to_dict(), [s.name for s in train])
-    if (done := resume(ckpt_path, key, model, opt, device)) is not None:
-        history, start = done
-        if start >= cfg.epochs:
-            return history
-        if progress:
-            print(f"resuming {ckpt_path.name} at epoch {start + 1}/{cfg.epochs}")
-    if start == 0:
-        seed_everything(cfg.seed)
-    base = FaceDataset(train, n_train_speakers, cache=cfg.cache)
-    sampled = cfg.stage == 2 and cfg.triplets == "sampled" and getattr(model, "cfg", None) is not None \
-        and getattr(model.cfg, "use_memory", False)
-    in_batch = cfg.stage == 2 and cfg.triplets == "in_batch"
-    dataset = TripletDataset(base, cfg.seed) if sampled else base
-    gen = torch.Generator().manual_seed(cfg.seed)
-    scale = loss_scale(model, cfg)
-    val_loader = None
-    if val:
-        val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_train_speakers), batch_size=cfg.batch_size,
-                                                 collate_fn=collate)
-    for epoch in range(start, cfg.epochs):
-        t0 = time.time()
-        gen.manual_seed(cfg.seed * 1000 + epoch)
-        if isinstance(dataset, TripletDataset):
-            dataset.epoch = epoch
-        if in_batch:
-            sampler = SpeakerPairBatches([s.speaker for s in train], cfg.batch_size, cfg.seed)
-            sampler.epoch = epoch
-            loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-        else:
-            loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                                 collate_fn=collate_triplets if sampled else collate)
-        model.train()
-        sums: dict[str, float] = {}
-        n = 0
-        bar = tqdm(loader, desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not progress, total=min(len(loader), cfg.max_batches or len(loader)))
-        for i, batch in enumerate(bar):
-            if cfg.max_batches is not None and i >= cfg.max_batches:
-                break
-            batch["in_batch_triplets"] = in_batch
-            out = model(to_device(batch, device), stage=cfg.stage)
-            opt.zero_grad(set_to_none=True)
-            (out["loss"] * scale).backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            for k, v in out.items():
-                if torch.is_tensor(v) and v.dim() == 0:
-                    sums[k] = sums.get(k, 0.0) + float(v.detach())
-            n += 1
-            bar.set_postfix(loss=f"{sums['loss'] / n:.3e}")
-        history["train"].append({k: v / max(n, 1) for k, v in sums.items()})
-        if val_loader is not None:
-            history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
-        history["seconds"].append(time.time() - t0)
-        state = {"key": key, "epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                 "history": history, "train_config": asdict(cfg),
-                 "model_config": getattr(model, "cfg", None) and model.cfg.to_dict(),
-                 "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-                 **(extra_state or {})}
-        save_atomic(state, ckpt_path)
-        if progress:
-            msg = f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
-            if history["val"]:
-                msg += f", val mse {history['val'][-1]['mse']:.4e}"
-            print(msg + f" ({history['seconds'][-1]:.1f} s)", flush=True)
-        if callback is not None:
-            callback(epoch + 1, history)
-    for p in model.parameters():
-        p.requires_grad_(True)
-    if cfg.stage == 1 and hasattr(model, "audio_encoder") and model.cfg.audio.freeze_feature_encoder:
-        for p in model.audio_encoder.model.feature_extractor.parameters():
-            p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(before[id(p)])
+
+
+def check_finite(out: dict, batch: dict, where: str) -> None:
+    """Stop training with an error naming the batch's clips when the loss is NaN or infinite."""
+    loss = out["loss"]
+    if not bool(torch.isfinite(loss)):
+        terms = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.dim() == 0 and k != "loss"}
+        bad = [k for k, v in terms.items() if not np.isfinite(v)]
+        raise FloatingPointError(
+            f"{where}: the loss is {float(loss.detach())} (non-finite terms: {bad or 'none'}; all terms: {terms}) on the "
+            f"clips {list(batch.get('name', []))}. Check these clips' audio and vertices for NaN/inf or extreme "
+            "values, or lower the learning rate; the last checkpoint is the previous epoch's.")
+
+
+def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: str | Path,
+        n_train_speakers: int, val: list[Sequence] | None = None, progress: bool = True, callback=None) -> dict:
+    """Train `model` for one stage; resume from the checkpoint at `ckpt` if it holds an unfinished run of
+    the same config (a finished one is loaded, not trained again).
+
+    ckpt: the checkpoint's path without suffix, e.g. runs/<run>/stage1 (`mtk.checkpoint` writes
+    stage1.safetensors, stage1.optim.safetensors and stage1.json after every epoch).
+    Returns the history: {"train": [{term: mean per epoch}], "val": [...], "seconds": [...]}.
+    callback(epoch, history) runs after each epoch's checkpoint is written (e.g. a live loss plot).
+    A non-finite loss stops training with an error naming the batch's clips (`check_finite`).
+    """
+    from tqdm.auto import tqdm
+
+    ckpt = Path(ckpt)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    device = torch.device(cfg.device)
+    model.to(device)
+    params = model.stage_parameters(cfg.stage)
+    with trainable_only(model, params):
+        groups = model.param_groups(cfg.stage, cfg.lr) if hasattr(model, "param_groups") else [{"params": params}]
+        opt = torch.optim.Adam(groups, lr=cfg.lr)
+        key = config_hash(asdict(cfg), getattr(model, "cfg", None) and model.cfg.to_dict(), [s.name for s in train])
+        history = {"train": [], "val": [], "seconds": []}
+        start = 0
+        if (record := checkpoint.load_training_state(ckpt, key, model, opt, device)) is not None:
+            history, start = record["history"], record["epoch"]
+            if start >= cfg.epochs:
+                return history
+            if progress:
+                print(f"resuming {ckpt.name} at epoch {start + 1}/{cfg.epochs}")
+        if start == 0:
+            seed_everything(cfg.seed)
+        base = FaceDataset(train, n_train_speakers, cache=cfg.cache)
+        sampled = cfg.stage == 2 and cfg.triplets == "sampled" and getattr(model, "cfg", None) is not None \
+            and getattr(model.cfg, "use_memory", False)
+        in_batch = cfg.stage == 2 and cfg.triplets == "in_batch"
+        dataset = TripletDataset(base, cfg.seed) if sampled else base
+        gen = torch.Generator().manual_seed(cfg.seed)
+        scale = loss_scale(model, cfg)
+        val_loader = None
+        if val:
+            val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_train_speakers), batch_size=cfg.batch_size,
+                                                     collate_fn=collate)
+        for epoch in range(start, cfg.epochs):
+            t0 = time.time()
+            gen.manual_seed(cfg.seed * 1000 + epoch)
+            if isinstance(dataset, TripletDataset):
+                dataset.epoch = epoch
+            if in_batch:
+                sampler = SpeakerPairBatches([s.speaker for s in train], cfg.batch_size, cfg.seed)
+                sampler.epoch = epoch
+                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+            else:
+                loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                                                     collate_fn=collate_triplets if sampled else collate)
+            model.train()
+            sums: dict[str, float] = {}
+            n = 0
+            bar = tqdm(loader, desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}", leave=False,
+                       disable=not progress, total=min(len(loader), cfg.max_batches or len(loader)))
+            for i, batch in enumerate(bar):
+                if cfg.max_batches is not None and i >= cfg.max_batches:
+                    break
+                batch["in_batch_triplets"] = in_batch
+                out = model(to_device(batch, device), stage=cfg.stage)
+                check_finite(out, batch, f"stage {cfg.stage}, epoch {epoch + 1}, batch {i + 1}")
+                opt.zero_grad(set_to_none=True)
+                (out["loss"] * scale).backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                for k, v in out.items():
+                    if torch.is_tensor(v) and v.dim() == 0:
+                        sums[k] = sums.get(k, 0.0) + float(v.detach())
+                n += 1
+                bar.set_postfix(loss=f"{sums['loss'] / n:.3e}")
+            history["train"].append({k: v / max(n, 1) for k, v in sums.items()})
+            if val_loader is not None:
+                history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
+            history["seconds"].append(time.time() - t0)
+            checkpoint.save_training_state(ckpt, model, opt, {
+                "key": key, "epoch": epoch + 1, "history": history, "train_config": asdict(cfg),
+                "model_config": getattr(model, "cfg", None) and model.cfg.to_dict()})
+            if progress:
+                msg = f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
+                if history["val"]:
+                    msg += f", val mse {history['val'][-1]['mse']:.4e}"
+                print(msg + f" ({history['seconds'][-1]:.1f} s)", flush=True)
+            if callback is not None:
+                callback(epoch + 1, history)
     return history
 
 
@@ -338,10 +348,3 @@ def evaluate_loss(model, loader, stage: int, device) -> dict:
         n += 1
     model.train()
     return {k: v / max(n, 1) for k, v in sums.items()}
-
-
-def load_checkpoint(path: str | Path, model: torch.nn.Module) -> dict:
-    """Load weights into `model`; returns the checkpoint dict."""
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    model.load_state_dict(ck["model"])
-    return ck

@@ -42,7 +42,7 @@ class OracleStyleTalker(MemoryTalker):
     @classmethod
     def from_dataset(cls, cfg, dataset):
         style_dim = len(dataset.style(dataset.train_subjects[0]))
-        m = cls(cfg, dataset.template.mask("lips"))
+        m = cls(cfg, dataset.template.mask("lips"), template=dataset.template)
         m.style_encoder = OracleStyle(style_dim, cfg.n_slots)
         return m
 

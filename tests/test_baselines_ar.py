@@ -102,7 +102,7 @@ def test_faceformer_trains_and_predicts(smoke_ds, batch, tmp_path):
     assert not any(n.startswith("audio_encoder.model.feature_extractor.") for n in params)
     before = m.out.weight.detach().clone()
     cfg = TrainConfig(stage=1, epochs=1, max_batches=2, batch_size=4, lr=1e-3)
-    h = fit(m, smoke_ds.sequences("train"), cfg, tmp_path / "ff.pt", len(smoke_ds.train_subjects),
+    h = fit(m, smoke_ds.sequences("train"), cfg, tmp_path / "ff", len(smoke_ds.train_subjects),
             smoke_ds.sequences("val")[:2], progress=False)
     assert len(h["train"]) == 1 and math.isfinite(h["val"][0]["mse"])
     assert not torch.equal(m.out.weight, before)
@@ -230,11 +230,11 @@ def test_codetalker_stages(smoke_ds, batch, tmp_path):
     assert ids(m.stage_parameters(1)) == ids(m.vq.parameters())
     assert not ids(m.stage_parameters(2)) & ids(m.vq.parameters())
     train, val, n = smoke_ds.sequences("train"), smoke_ds.sequences("val")[:2], len(smoke_ds.train_subjects)
-    h1 = fit(m, train, TrainConfig(stage=1, epochs=1, max_batches=2, batch_size=4, lr=1e-3), tmp_path / "s1.pt", n,
+    h1 = fit(m, train, TrainConfig(stage=1, epochs=1, max_batches=2, batch_size=4, lr=1e-3), tmp_path / "s1", n,
              val, progress=False)
     vq_state = {k: v.clone() for k, v in m.vq.state_dict().items()}
     head = m.feat_map.weight.detach().clone()
-    h2 = fit(m, train, TrainConfig(stage=2, epochs=1, max_batches=2, batch_size=4, lr=1e-3), tmp_path / "s2.pt", n,
+    h2 = fit(m, train, TrainConfig(stage=2, epochs=1, max_batches=2, batch_size=4, lr=1e-3), tmp_path / "s2", n,
              val, progress=False)
     assert math.isfinite(h1["val"][0]["mse"]) and math.isfinite(h2["val"][0]["mse"])
     assert all(torch.equal(v, m.vq.state_dict()[k]) for k, v in vq_state.items())  # stage 2: VQ-VAE unchanged

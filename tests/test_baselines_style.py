@@ -44,7 +44,7 @@ def imitator(ds, **kw):
 
 def fit_one(model, ds, tmp_path):
     cfg = TrainConfig(stage=1, epochs=1, max_batches=2, batch_size=4, lr=1e-3)
-    return fit(model, ds.sequences("train"), cfg, tmp_path / "ckpt.pt", len(ds.train_subjects),
+    return fit(model, ds.sequences("train"), cfg, tmp_path / "ckpt", len(ds.train_subjects),
                ds.sequences("val"), progress=False)
 
 

@@ -122,7 +122,7 @@ def test_scantalk_every_frame_loss_is_the_inference_path(smoke_ds):
 
 def test_scantalk_trains(smoke_ds, tmp_path):
     model = tiny_scantalk(smoke_ds)
-    hist = fit(model, smoke_ds.sequences("train"), TrainConfig(**TINY_FIT), tmp_path / "s.pt",
+    hist = fit(model, smoke_ds.sequences("train"), TrainConfig(**TINY_FIT), tmp_path / "s",
                len(smoke_ds.train_subjects))
     assert np.isfinite(hist["train"][0]["loss"])
     assert model.decoder.last.weight.abs().sum() > 0                       # left its zero init
@@ -234,7 +234,7 @@ def test_unitalker_trains_on_both_datasets(smoke_ds, tmp_path):
     model = UniTalker.from_dataset(UniTalkerConfig.smoke(smoke_ds.template.V * 3), smoke_ds)
     enc = {n: p.detach().clone() for n, p in model.audio_encoder.named_parameters()}
     data = [(ds.sequences("train"), len(ds.train_subjects)) for ds in model.datasets]
-    hist = unitalker.fit(model, data, TrainConfig(**TINY_FIT), tmp_path / "u.pt", smoke_ds.sequences("val"),
+    hist = unitalker.fit(model, data, TrainConfig(**TINY_FIT), tmp_path / "u", smoke_ds.sequences("val"),
                          progress=False)
     terms = hist["train"][0]
     assert np.isfinite(terms["loss"]) and all(f"mse/{k}" in terms for k in model.heads)

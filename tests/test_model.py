@@ -1,5 +1,6 @@
 """MemoryTalker at the level a user acts: shapes, the memory's equations, both stages, training, inference."""
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,7 +102,7 @@ def test_stage2_leaves_stage1_parameters_unchanged(smoke_ds, tmp_path):
     torch.manual_seed(0)
     m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips"))
     before = {k: v.clone() for k, v in m.state_dict().items()}
-    fit(m, smoke_ds.sequences("train"), TrainConfig.smoke(2, epochs=1, max_batches=2), tmp_path / "s2.pt",
+    fit(m, smoke_ds.sequences("train"), TrainConfig.smoke(2, epochs=1, max_batches=2), tmp_path / "s2",
         len(smoke_ds.train_subjects), progress=False)
     after = m.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
@@ -126,20 +127,117 @@ def test_same_seed_same_weights_and_resume(smoke_ds, tmp_path):
         fit(m, train, cfg, path, 3, progress=False)
         return m.state_dict()
 
-    a, b = run(tmp_path / "a.pt"), run(tmp_path / "b.pt")
+    a, b = run(tmp_path / "a"), run(tmp_path / "b")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    c = run(tmp_path / "c.pt", epochs_first=1)
+    c = run(tmp_path / "c", epochs_first=1)
     assert all(torch.allclose(a[k], c[k]) for k in a)
 
 
-def test_checkpoint_roundtrip(smoke_ds, tmp_path, batch):
-    r = recipes.memorytalker("smoke", smoke_ds)
+@pytest.fixture(scope="module")
+def trained(smoke_ds):
+    """The smoke recipe trained for one batch per epoch (both stages): (recipe, model, out)."""
+    r = recipes.memorytalker("smoke", smoke_ds, progress=False)
     r.stage1.max_batches = r.stage2.max_batches = 1
     model, out = recipes.load_or_train(r, smoke_ds, progress=False)
-    again, _ = recipes.load_or_train(r, smoke_ds, progress=False)              # loads, does not retrain
+    return r, model, out
+
+
+def test_checkpoint_roundtrip_is_bit_identical(smoke_ds, trained, batch):
+    """Decision: a model trained and then used, and the same run loaded from its checkpoint, are bit-identical:
+    the same weights, the same requires_grad flags and the same predictions (torch.equal, no tolerance).
+    (They once differed by 1e-8 because a resumed `fit` left only the last stage's parameters trainable.)"""
+    r, model, out = trained
+    again, out2 = recipes.load_or_train(r, smoke_ds, progress=False)               # loads, does not retrain
+    assert out2["history1"] == out["history1"] and out2["history2"] == out["history2"]   # the same epoch times
+    a, b = model.state_dict(), again.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [p.requires_grad for p in model.parameters()] == [p.requires_grad for p in again.parameters()]
     args = (batch["audio"], batch["audio_mask"].sum(1), batch["n_frames"], batch["template"])
-    assert torch.equal(model.predict(*args, stage=2), again.predict(*args, stage=2))
-    assert (out["run_dir"] / "stage1.pt").exists() and (out["run_dir"] / "stage2.pt").exists()
+    for stage in (1, 2):
+        assert torch.equal(model.predict(*args, stage=stage), again.predict(*args, stage=stage))
+    run = out["run_dir"]
+    for stage in ("stage1", "stage2"):
+        for suffix in (".safetensors", ".optim.safetensors", ".json"):
+            assert (run / f"{stage}{suffix}").exists()
+    assert not list(run.rglob("*.pt")) and not list(run.rglob("*.pkl"))              # nothing to unpickle
+    assert (run / "model" / "model.safetensors").exists() and (run / "model" / "template.npz").exists()
+
+
+def test_save_pretrained_loads_in_a_fresh_process_without_the_dataset(smoke_ds, trained, tmp_path):
+    """from_pretrained needs neither the dataset nor the pretrained-encoder folder, and predicts the same,
+    bit for bit (at the same number of threads)."""
+    import os
+    import subprocess
+    import sys
+    _, model, _ = trained
+    folder = model.save_pretrained(tmp_path / "shared")
+    seq = smoke_ds.sequences("test")[0]
+    np.save(tmp_path / "audio.npy", seq.audio())
+    expected = model.animate(seq.audio(), 16000)                          # the model's own template
+    # the same number of threads: CPU kernels split their sums by thread, so bit-identity holds per thread count
+    code = f"""
+import numpy as np, torch, transformers, mtk.data
+torch.set_num_threads({torch.get_num_threads()})
+def forbidden(*a, **k): raise AssertionError("from_pretrained must not read the dataset or the encoder folder")
+transformers.HubertModel.from_pretrained = forbidden
+mtk.data.load_dataset = forbidden
+from mtk.model import MemoryTalker
+m = MemoryTalker.from_pretrained({str(folder)!r})
+np.save({str(tmp_path / "out.npy")!r}, m.animate(np.load({str(tmp_path / "audio.npy")!r}), 16000))
+"""
+    env = {**os.environ, "MTK_HOME": str(tmp_path / "empty-home")}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert not (tmp_path / "empty-home").exists()                            # nothing generated or trained
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), expected)
+    loaded = MemoryTalker.from_pretrained(folder)
+    assert loaded.template.V == smoke_ds.template.V and np.array_equal(loaded.template.faces, smoke_ds.template.faces)
+    assert set(loaded.template.masks) == set(smoke_ds.template.masks)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MemoryTalker.from_pretrained(tmp_path)
+
+
+def test_run_names_do_not_depend_on_where_the_checkout_lives(smoke_ds, tmp_path):
+    """A run's folder name hashes the pretrained-encoder folder's content, not its path."""
+    import shutil
+    from dataclasses import replace
+    r = recipes.memorytalker("smoke", smoke_ds, progress=False)
+    src = Path(r.model.audio.pretrained)
+    moved = tmp_path / "somewhere" / "else"
+    shutil.copytree(src, moved)
+    r_moved = replace(r, model=replace(r.model, audio=replace(r.model.audio, pretrained=str(moved))))
+    assert r_moved.run_dir(smoke_ds).name == r.run_dir(smoke_ds).name
+    weights = next(moved.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1                                                            # other weights: another run
+    weights.write_bytes(bytes(data))
+    assert r_moved.run_dir(smoke_ds).name != r.run_dir(smoke_ds).name
+
+
+def test_interrupted_checkpoint_write_is_not_resumed(smoke_ds, tmp_path):
+    """Three files per checkpoint, tied by a write id: a mismatch (a crash mid-write) restarts the stage."""
+    from mtk import checkpoint
+    train = smoke_ds.sequences("train")
+    cfg = TrainConfig.smoke(1, epochs=1, max_batches=1)
+    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips"))
+    fit(m, train, cfg, tmp_path / "s1", 3, progress=False)
+    rec = checkpoint.read_training_record(tmp_path / "s1")
+    assert rec["epoch"] == 1 and checkpoint.tensors_metadata(tmp_path / "s1.safetensors")["write_id"] == rec["write_id"]
+    (tmp_path / "s1.json").write_text((tmp_path / "s1.json").read_text().replace(rec["write_id"], "0" * 32))
+    key = rec["key"]
+    with pytest.warns(UserWarning, match="interrupted while saving"):
+        assert checkpoint.load_training_state(tmp_path / "s1", key, m, None) is None
+
+
+def test_non_finite_loss_stops_training_naming_the_clips(smoke_ds, tmp_path):
+    from dataclasses import replace
+    train = smoke_ds.sequences("train")
+    bad = train[4]
+    poisoned = replace(bad, _vertices=lambda: np.full_like(bad.vertices(), np.nan))
+    seqs = train[:4] + [poisoned] + train[5:]
+    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips"))
+    with pytest.raises(FloatingPointError, match=bad.name):
+        fit(m, seqs, TrainConfig.smoke(1, epochs=1), tmp_path / "nan", 3, progress=False)
 
 
 def test_triplets_are_same_and_different_speakers(smoke_ds):
