@@ -154,8 +154,14 @@ def condition_spread(result: MethodResult) -> dict:
     return out
 
 
-def ordering_statement(rows: list[dict]) -> str:
-    """One sentence: does the paper's ordering hold here (MemoryTalker best, and how the baselines rank)?"""
+def ordering(rows: list[dict]) -> dict:
+    """Does the paper's ordering hold here? From the table's rows (one-hot methods: their mean over conditions):
+
+    wins      the metrics on which MemoryTalker is best (lowest), in TABLE_METRICS order
+    rho       Spearman rank correlation of the methods with the paper's Table 1, mean over the five metrics
+    best_fve  the method with the lowest FVE
+    holds     MemoryTalker best on every metric
+    """
     from scipy.stats import spearmanr
     ours = {}
     for r in rows:
@@ -164,14 +170,19 @@ def ordering_statement(rows: list[dict]) -> str:
             ours[base] = r
     names = [n for n in PAPER_TABLE1 if n in ours]
     wins = [k for k in TABLE_METRICS if min(names, key=lambda n: ours[n][k]) == "MemoryTalker"]
-    rho = np.mean([spearmanr([PAPER_TABLE1[n][k] for n in names], [ours[n][k] for n in names])[0]
-                   for k in TABLE_METRICS])
-    best_fve = min(names, key=lambda n: ours[n]["fve"])
-    holds = len(wins) == len(TABLE_METRICS)
-    return (f"The paper's ordering {'holds' if holds else 'does not hold'} on SynthVOCA: MemoryTalker is best on "
-            f"{len(wins)} of {len(TABLE_METRICS)} metrics ({', '.join(wins) or 'none'}), the best FVE is "
-            f"{best_fve}'s, and the rank correlation of the seven methods with the paper's table is "
-            f"{rho:+.2f} (Spearman, mean over the five metrics).")
+    rho = float(np.mean([spearmanr([PAPER_TABLE1[n][k] for n in names], [ours[n][k] for n in names])[0]
+                         for k in TABLE_METRICS]))
+    return {"wins": wins, "rho": rho, "best_fve": min(names, key=lambda n: ours[n]["fve"]),
+            "holds": len(wins) == len(TABLE_METRICS), "methods": names}
+
+
+def ordering_statement(rows: list[dict]) -> str:
+    """`ordering` as one sentence."""
+    o = ordering(rows)
+    return (f"The paper's ordering {'holds' if o['holds'] else 'does not hold'} on SynthVOCA: MemoryTalker is best "
+            f"on {len(o['wins'])} of {len(TABLE_METRICS)} metrics ({', '.join(o['wins']) or 'none'}), the best FVE "
+            f"is {o['best_fve']}'s, and the rank correlation of the {len(o['methods'])} methods with the paper's "
+            f"table is {o['rho']:+.2f} (Spearman, mean over the five metrics).")
 
 
 def to_markdown(rows: list[dict], with_paper: bool = True) -> str:

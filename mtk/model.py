@@ -394,16 +394,28 @@ class MemoryTalker(nn.Module):
             return window(0, T)
         out = np.zeros((T, tmpl.size), np.float32)
         weight = np.zeros(T, np.float32)
-        hop = W - W // 6
-        for s in list(range(0, T - W, hop)) + [T - W]:
-            e = s + W
-            ramp = np.ones(W, np.float32)
-            fade = W // 6
-            if s > 0:
-                ramp[:fade] = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
-            if e < T:
-                ramp[-fade:] = np.minimum(ramp[-fade:], np.linspace(1, 0, fade + 2, dtype=np.float32)[1:-1])
+        for s, e, ramp in window_plan(T, W):
             out[s:e] += window(s, e) * ramp[:, None]
             weight[s:e] += ramp
         return out / weight[:, None]
 
+
+def window_plan(T: int, W: int) -> list[tuple[int, int, np.ndarray]]:
+    """How `animate` covers T frames with windows of W frames: [(start, end, ramp (W,))].
+
+    Windows overlap by W // 6 frames; the last one ends at T. Inside an overlap the earlier window's
+    weight falls linearly while the next one's rises (a cross-fade), so every frame's weights sum to a
+    positive number and frames covered by one window only take that window's prediction unchanged."""
+    if T <= W:
+        return [(0, T, np.ones(T, np.float32))]
+    fade, hop = W // 6, W - W // 6
+    plan = []
+    for s in list(range(0, T - W, hop)) + [T - W]:
+        e = s + W
+        ramp = np.ones(W, np.float32)
+        if s > 0:
+            ramp[:fade] = np.linspace(0, 1, fade + 2, dtype=np.float32)[1:-1]
+        if e < T:
+            ramp[-fade:] = np.minimum(ramp[-fade:], np.linspace(1, 0, fade + 2, dtype=np.float32)[1:-1])
+        plan.append((s, e, ramp))
+    return plan

@@ -49,4 +49,40 @@ def test_comparison_rows_and_statement(smoke_ds):
         assert all(np.isfinite(r[k]) for k in compare.TABLE_METRICS) and r["params_M"] > 0
     md = compare.to_markdown(rows)
     assert "Reported by the paper" in md and "0.506" in md                # the quoted MemoryTalker FVE
-    assert compare.ordering_statement(rows).startswith("The paper's ordering")
+    o = compare.ordering(rows)
+    assert set(o["methods"]) == {"MemoryTalker", "FaceFormer", "SelfTalk"}
+
+
+def _rows(values: dict[str, dict]) -> list[dict]:
+    """Table rows as compare.table writes them, one-hot methods twice (the fixed condition must be ignored)."""
+    rows = []
+    for name, m in values.items():
+        if name in compare.ONE_HOT:
+            rows.append({"method": f"{name} (mean of 8 conditions)", **m})
+            rows.append({"method": f"{name} (condition 2)", **{k: 0.0 for k in m}})   # would win everything
+        else:
+            rows.append({"method": name, **m})
+    return rows
+
+
+def test_ordering_on_constructed_tables_with_known_answers():
+    paper = compare.PAPER_TABLE1
+    same = compare.ordering(_rows(paper))                              # the paper's own numbers
+    assert same["holds"] and same["wins"] == list(compare.TABLE_METRICS) and same["rho"] == pytest.approx(1.0)
+    assert same["best_fve"] == "MemoryTalker" and len(same["methods"]) == 7
+    flipped = compare.ordering(_rows({n: {k: -v for k, v in m.items()} for n, m in paper.items()}))
+    assert flipped["wins"] == [] and flipped["rho"] == pytest.approx(-1.0) and not flipped["holds"]
+    assert flipped["best_fve"] == "CodeTalker"                         # the paper's worst FVE (0.721)
+    # MemoryTalker best on FVE and LVE only; on the other three it is the worst
+    mixed = {n: dict(m) for n, m in paper.items()}
+    for k in ("fid", "ldtw", "lip_max"):
+        mixed["MemoryTalker"][k] = 10.0
+    o = compare.ordering(_rows(mixed))
+    assert o["wins"] == ["fve", "lve"] and not o["holds"]
+    from scipy.stats import spearmanr
+    names = list(paper)
+    expected = np.mean([spearmanr([paper[n][k] for n in names], [mixed[n][k] for n in names])[0]
+                        for k in compare.TABLE_METRICS])
+    assert o["rho"] == pytest.approx(expected) and 0 < o["rho"] < 1
+    text = compare.ordering_statement(_rows(mixed))
+    assert "does not hold" in text and "best on 2 of 5 metrics (fve, lve)" in text and f"{o['rho']:+.2f}" in text

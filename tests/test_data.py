@@ -1,5 +1,6 @@
 """The VOCASET loader on a small fixture written in the real FaceFormer-processed layout."""
 import pickle
+import warnings
 
 import numpy as np
 import pytest
@@ -109,3 +110,114 @@ def test_audio_is_resampled_and_downmixed(tmp_path):
         load_audio(tmp_path / "junk.wav")
     with pytest.raises(FileNotFoundError, match="nope.wav"):
         load_audio(tmp_path / "nope.wav")
+
+
+# --------------------------------------------------------------------------- malformed VOCASET files
+NAME = "FaceTalk_170725_00137_TA_sentence05"                      # a training clip of the fixture
+
+
+def _open(root, **kw):
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="VOCASET: skipping")
+        return VOCASET(root, **kw)
+
+
+@pytest.fixture
+def voca(tmp_path):
+    write_vocaset(tmp_path, skip=VOCASET_KNOWN_MISSING)
+    return tmp_path
+
+
+def test_bad_vertex_files_are_rejected_naming_the_file(voca):
+    npy = voca / "vertices_npy" / f"{NAME}.npy"
+    good = np.load(npy)
+    bad_first = good.copy()
+    bad_first[0, 4] = np.nan
+    np.save(npy, bad_first)
+    with pytest.raises(ValueError, match=f"{NAME}.npy: the first frame has NaN"):
+        _open(voca)
+    np.save(npy, good * 1000)                                          # millimetres
+    with pytest.raises(ValueError, match=f"{NAME}.npy: .*look like millimetres"):
+        _open(voca)
+    np.save(npy, np.array([["a"] * (V * 3)] * 14))                     # a string-dtype array
+    with pytest.raises(ValueError, match=f"{NAME}.npy: vertex array has dtype <U1, expected floats"):
+        _open(voca)
+    bad_later = good.copy()
+    bad_later[2, 0] = np.inf                                           # found when the clip is read
+    np.save(npy, bad_later)
+    seq = next(s for s in _open(voca).sequences("train") if s.name == NAME)
+    with pytest.raises(ValueError, match=f"{NAME}.npy: 1 vertex coordinates are NaN or infinite"):
+        seq.vertices()
+
+
+def test_bad_wavs_are_rejected_naming_the_file(voca):
+    wav = voca / "wav" / f"{NAME}.wav"
+    T60 = len(np.load(voca / "vertices_npy" / f"{NAME}.npy"))
+    sf.write(wav, np.zeros(0), 22050)
+    with pytest.raises(ValueError, match=f"{NAME}.wav: the audio file holds no samples"):
+        _open(voca)
+    sf.write(wav, np.zeros(int(22050 * (T60 / 60 + 0.8))), 22050)     # 0.8 s longer than the vertices
+    with pytest.raises(ValueError, match=f"{NAME}.wav: .* expected them to agree within 0.5 s"):
+        _open(voca)
+    sf.write(wav, np.zeros(int(22050 * (T60 / 60 + 0.2))), 22050)     # 0.2 s: a warning naming the clip
+    with pytest.warns(UserWarning, match=f"differ by more than 0.1 s in 1 clips: \\['{NAME} \\(0.20 s\\)'\\]"):
+        _open(voca)
+    sf.write(wav, np.full(int(22050 * T60 / 60), np.nan), 22050, subtype="FLOAT")
+    seq = next(s for s in _open(voca).sequences("train") if s.name == NAME)
+    with pytest.raises(ValueError, match=f"{NAME}.wav: .* audio samples are NaN or infinite"):
+        seq.audio()
+
+
+def test_bad_templates_pkl_is_rejected_naming_the_subject(voca):
+    pkl = voca / "templates.pkl"
+    templates = pickle.loads(pkl.read_bytes())
+    for bad, message in (({}, r"holds dict \(empty\); expected a dict"), ([1, 2], "holds list")):
+        pkl.write_bytes(pickle.dumps(bad))
+        with pytest.raises(ValueError, match=message):
+            _open(voca)
+    first = VOCASET_SUBJECTS["train"][0]                               # the subject the base template is taken from
+    for subject in (first, VOCASET_SUBJECTS["test"][1]):
+        broken = dict(templates)
+        broken[subject] = np.zeros((V + 1, 3))
+        pkl.write_bytes(pickle.dumps(broken))
+        with pytest.raises(ValueError, match=rf"\['{subject}'\] has shape \({V + 1}, 3\), expected \({V}, 3\)"):
+            _open(voca)
+    broken = dict(templates)
+    broken[first] = templates[first] * 1000
+    pkl.write_bytes(pickle.dumps(broken))
+    with pytest.raises(ValueError, match=rf"\['{first}'\] spans .* millimetres"):
+        _open(voca)
+
+
+def test_vocaset_without_phonemes_or_masks_stops_before_any_training(voca, monkeypatch):
+    """Real VOCASET has no phoneme labels: phoneme pretraining never runs on it (it once ran with loss NaN
+    and was cached as 'pretrained'), and a template without region masks names the file to add."""
+    from mtk import audio, recipes
+
+    def no_work(*a, **k):
+        raise AssertionError("nothing may be pretrained or trained on this dataset")
+    monkeypatch.setattr(audio, "pretrain_on_phonemes", no_work)
+    monkeypatch.setattr(recipes, "fit", no_work)
+    ds = _open(voca)
+    assert not ds.has_phonemes
+    for preset in ("smoke", "default", "paper"):
+        with pytest.raises(ValueError, match=r"no lips or upper_face region.*FLAME_masks.pkl"):
+            recipes.memorytalker(preset, ds)
+    lips = {"lips": np.arange(4), "upper_face": np.arange(8, 12)}
+    ds.template.masks.update(lips)                                      # masks present: now the phonemes
+    for preset in ("smoke", "default"):
+        with pytest.raises(ValueError, match="has none \\(VOCASET has no phoneme alignment\\). Use preset 'paper'"):
+            recipes.memorytalker(preset, ds)
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="has no phoneme labels"):
+        audio.pretrain_on_phonemes(ds, audio.AudioConfig.smoke(), voca / "never")
+    assert not (voca / "never").exists()
+
+
+def test_run_identity_of_a_vocaset_does_not_depend_on_its_path(voca, tmp_path_factory):
+    import shutil
+    other = tmp_path_factory.mktemp("moved") / "vocaset"
+    shutil.copytree(voca, other)
+    assert _open(voca).key == _open(other).key
+    np.save(other / "vertices_npy" / f"{NAME}.npy", np.load(other / "vertices_npy" / f"{NAME}.npy")[:-2])
+    assert _open(voca).key != _open(other).key

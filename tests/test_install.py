@@ -87,3 +87,55 @@ def test_reproduce_runs_a_notebook_and_stops_a_hung_cell(tmp_path):
     hung = notebook("02_hung.ipynb", "import time\ntime.sleep(60)")
     with pytest.raises(SystemExit, match=r"02_hung\.ipynb.*cell timeout \(2 s\).*--only 02"):
         run_notebook(hung, tmp_path / "out2.ipynb", cell_timeout=2)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module -> the mtk modules it imports (at the top or inside functions), read from the source."""
+    import ast
+    mods = {}
+    for p in (ROOT / "mtk").rglob("*.py"):
+        name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+        mods[name.removesuffix(".__init__")] = p
+    graph = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                names = [target] + [f"{target}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            graph[m] |= {n for n in names if n in mods and n != m}
+    return graph
+
+
+def test_imports_flow_one_way():
+    """No import circles in the package, lazy (in-function) imports included."""
+    graph = _import_graph()
+    assert graph["mtk.train"] >= {"mtk.data", "mtk.losses"} and "mtk.synthvoca" in graph["mtk.data"]  # it sees edges
+    state, cycles = {}, []
+
+    def visit(m, path):
+        state[m] = "open"
+        for n in sorted(graph[m]):
+            if state.get(n) == "open":
+                cycles.append(path[path.index(n):] + [n])
+            elif n not in state:
+                visit(n, path + [n])
+        state[m] = "done"
+    for m in sorted(graph):
+        if m not in state:
+            visit(m, [m])
+    assert not cycles, f"import circles: {cycles}"
+
+
+def test_the_session_runs_in_a_fresh_home():
+    """conftest.py points MTK_HOME at a temporary folder: nothing the checkout's data/ or runs/ hold is used."""
+    import os
+
+    from mtk import paths
+    assert paths.home() != ROOT and paths.home() == Path(os.environ["MTK_HOME"]).resolve()
+    assert paths.runs_dir().is_relative_to(paths.home()) and paths.figures_dir().is_relative_to(paths.home())

@@ -271,36 +271,109 @@ def test_pretrained_without_network_names_the_small_default(monkeypatch):
         load_hf_model(AudioConfig(pretrained="facebook/hubert-base-ls960-not-cached"))
 
 
-def test_animate_handles_rates_stereo_and_long_clips(tiny, smoke_ds):
+@pytest.fixture(scope="module")
+def moving(tiny, smoke_ds):
+    """The smoke model with a random (non-zero) output layer, so its animation is not the template: a test
+    on it fails if frames are lost, shifted or left unanimated."""
+    m = copy.deepcopy(tiny).eval()
+    m.template = smoke_ds.template
+    torch.manual_seed(1)
+    torch.nn.init.normal_(m.out.weight, std=0.3)
+    return m
+
+
+def test_animate_handles_rates_stereo_and_long_clips(moving, smoke_ds):
     seq = smoke_ds.sequences("test")[0]
     a = seq.audio()
     T = len(seq.vertices())
-    v16 = tiny.animate(a, 16000, seq.template)
+    v16 = moving.animate(a, 16000)
+    t = smoke_ds.template.vertices
     assert v16.shape == (T, smoke_ds.template.V, 3)
+    assert np.sqrt(((v16 - t) ** 2).mean()) > 1e-3                       # it moves: not the template
     from scipy.signal import resample_poly
-    a44 = resample_poly(a, 441, 160)
-    stereo = np.stack([a44, a44], 1)
-    v44 = tiny.animate(stereo, 44100, seq.template.vertices)
-    assert abs(len(v44) - T) <= 1
-    long = np.tile(a, 30)                          # ~50 s, longer than the 20 s window
-    m = copy.deepcopy(tiny)
-    m.cfg.max_window_frames = 90
-    vl = m.animate(long, 16000, seq.template)
-    assert len(vl) >= 29 * T and np.isfinite(vl).all()
+    stereo = np.stack([resample_poly(a, 441, 160)] * 2, 1)               # the same clip at 44.1 kHz, stereo
+    v44 = moving.animate(stereo, 44100.0, seq.template.vertices)         # an integer-valued float rate is fine
+    assert len(v44) == T
+    d16, d44 = (v16 - t).ravel(), (v44 - t).ravel()
+    assert np.corrcoef(d16, d44)[0, 1] > 0.95                            # the same motion after resampling
 
 
-def test_animate_rejects_bad_audio(tiny, smoke_ds):
+def test_long_clips_are_windowed_and_cross_faded(moving, smoke_ds):
+    """A clip longer than the window: frames covered by one window equal that window's own prediction of its
+    audio exactly; the whole clip follows the single-pass animation (none of it is left unanimated)."""
+    from mtk.audio import frames_for
+    from mtk.model import window_plan
+    long = np.concatenate([s.audio() for s in smoke_ds.sequences("all", "all")[:16]])   # ~35 s
+    m = copy.deepcopy(moving)
+    m.cfg.max_window_frames = 10 ** 6
+    single = m.animate(long, 16000)
+    m.cfg.max_window_frames = W = 90
+    win = m.animate(long, 16000)
+    T = frames_for(len(long))
+    assert single.shape == win.shape == (T, smoke_ds.template.V, 3)
+    plan = window_plan(T, W)
+    assert plan[0][0] == 0 and plan[-1][1] == T and len(plan) > 10
+    spf = 16000 / 30
+    tmpl = torch.from_numpy(smoke_ds.template.vertices.reshape(1, -1))
+    cover = np.zeros(T, int)
+    for s, e, _ in plan:
+        cover[s:e] += 1
+    for s, e, _ in plan[::3] + [plan[-1]]:
+        a = torch.from_numpy(long[int(s * spf): int(min(len(long), round(e * spf)))])[None]
+        own = m.predict(a, torch.tensor([a.shape[1]]), torch.tensor([e - s]), tmpl, stage=2)[0].numpy()
+        alone = cover[s:e] == 1
+        assert alone.any()
+        np.testing.assert_allclose(win[s:e][alone].reshape(alone.sum(), -1), own[alone], atol=1e-6)
+    t = smoke_ds.template.vertices
+    tail = slice(W, T)                                                     # everything after the first window
+    assert np.corrcoef((single - t)[tail].ravel(), (win - t)[tail].ravel())[0, 1] > 0.5
+
+
+def test_animate_rejects_bad_input_before_any_work(moving, smoke_ds):
     t = smoke_ds.template
-    with pytest.raises(ValueError, match="empty"):
-        tiny.animate(np.zeros(0), 16000, t)
-    with pytest.raises(ValueError, match="silent"):
-        tiny.animate(np.zeros(16000), 16000, t)
-    with pytest.raises(ValueError, match="non-finite"):
-        tiny.animate(np.full(16000, np.nan), 16000, t)
-    with pytest.raises(ValueError, match="ms long"):
-        tiny.animate(np.random.default_rng(0).normal(size=800) * 0.1, 16000, t)
-    with pytest.raises(ValueError, match="vertices"):
-        tiny.animate(np.random.default_rng(0).normal(size=16000) * 0.1, 16000, np.zeros((10, 3)))
+    rng = np.random.default_rng(0)
+    speech = rng.normal(size=16000).astype(np.float32) * 0.1
+    cases = [
+        (dict(audio=np.zeros(0)), "empty"),
+        (dict(audio=np.zeros(16000)), "silent"),
+        (dict(audio=np.full(16000, 0.5)), r"constant at \+0.500 \(a DC offset"),
+        (dict(audio=np.full(16000, 0.5) + rng.normal(size=16000) * 1e-6), "DC offset"),
+        (dict(audio=np.full(16000, np.nan)), "non-finite"),
+        (dict(audio=speech[:800]), "ms long"),
+        (dict(audio=np.stack([speech, speech])), r"shape \(2, 16000\).*channels-first"),
+        (dict(sample_rate=True), "whole number of Hz"),
+        (dict(sample_rate=16000.5), "whole number of Hz"),
+        (dict(sample_rate=16), r"did you give kHz\? 16 kHz is 16000"),
+        (dict(sample_rate=0), "at least 4000 Hz"),
+        (dict(template=np.zeros((10, 3))), r"shape \(10, 3\)"),
+        (dict(template=t.vertices.T), r"its transpose"),
+        (dict(template=np.where(np.arange(t.V)[:, None] == 3, np.nan, t.vertices)), "non-finite"),
+        (dict(template=t.vertices * 1000), "millimetres"),
+        (dict(stage=3), "stage 3: expected 1 or 2"),
+        (dict(stage=0), "stage 0"),
+    ]
+    for kw, message in cases:
+        args = {"audio": speech, "sample_rate": 16000, "template": t, **kw}
+        with pytest.raises(ValueError, match=message):
+            moving.animate(args["audio"], args["sample_rate"], args["template"], stage=kw.get("stage"))
+    with pytest.warns(UserWarning, match="very quiet"):
+        moving.animate(speech * 3e-3, 16000)
+    nm = copy.deepcopy(moving)
+    nm.cfg = type(nm.cfg)(**{**nm.cfg.__dict__, "use_memory": False})
+    with pytest.raises(ValueError, match="one stage"):
+        nm.animate(speech, 16000, stage=2)
+
+
+def test_sample_rate_in_khz_never_allocates(moving):
+    """`True` and 16 (kHz) used to make hours of animation; they are rejected before resampling."""
+    import tracemalloc
+    tracemalloc.start()
+    for bad in (True, 16):
+        with pytest.raises(ValueError):
+            moving.animate(np.ones(59000, np.float32) * np.sin(np.arange(59000)), bad)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 50e6
 
 
 def test_audio_features_do_not_depend_on_the_batch(smoke_ds, tiny):

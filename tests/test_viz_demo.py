@@ -56,31 +56,99 @@ def test_render_frames_draws_a_face(head):
     assert (frames[0] < 250).mean() > 0.15                             # not a blank image
 
 
-def test_demo_writes_a_playable_mp4_with_sound(smoke_ds, tmp_path):
-    from mtk import recipes
-    model, _ = recipes.load_or_train(recipes.memorytalker("smoke", smoke_ds, progress=False), smoke_ds,
-                                     progress=False)
+@pytest.fixture(scope="module")
+def moving(smoke_ds):
+    """A smoke-size MemoryTalker carrying its template, with a random (non-zero) output layer, so that what
+    the demo writes is a real animation and not the template repeated."""
+    import torch
+
+    from mtk.model import MemoryTalker
+    torch.manual_seed(0)
+    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3, motion_scale=0.003), smoke_ds.template.mask("lips"),
+                     template=smoke_ds.template)
+    torch.nn.init.normal_(m.out.weight, std=0.3)
+    return m.eval()
+
+
+def test_demo_writes_a_playable_mp4_with_one_frame_per_animation_frame(smoke_ds, moving, tmp_path):
+    from mtk.audio import frames_for
     seq = smoke_ds.sequences("test")[0]
     a = seq.audio()
+    a = a[: (len(a) // 16000 - 1) * 16000 + 16267]                      # 61 frames at 60 fps: 30.5 at 30 fps
+    assert frames_for(len(a)) / 30 > len(a) / 16000                      # the last frame outlasts the sound
     wav = tmp_path / "in.wav"
-    sf.write(wav, np.stack([a, a], 1), 44100)                          # stereo, another sample rate
-    # (resampling 16 kHz audio written as 44.1 kHz plays it faster: a different, shorter clip)
-    res = demo.animate_file(wav, [tmp_path / "o.mp4", tmp_path / "o.npy", tmp_path / "o.html"], model=model,
-                            template=smoke_ds.template, progress=False, size=160)
+    sf.write(wav, np.stack([a, a], 1), 16000)                            # stereo
+    outs = [tmp_path / "o.mp4", tmp_path / "sub" / "o.npy", tmp_path / "o.html"]
+    res = demo.animate_file(wav, outs, model=moving, progress=False, size=160)
     T = res["frames"]
-    assert T == round(len(a) / 44100 * 30) or abs(T - len(a) / 44100 * 30) <= 1
+    assert T == frames_for(len(a))
     info = demo.probe(tmp_path / "o.mp4")
-    assert info["has_video"] and info["has_audio"] and abs(info["frames"] - T) <= 1
-    assert np.load(tmp_path / "o.npy").shape == (T, smoke_ds.template.V, 3)
+    assert info["has_video"] and info["has_audio"] and info["frames"] == T       # exactly, not +-1
+    v = np.load(tmp_path / "sub" / "o.npy")
+    assert v.shape == (T, smoke_ds.template.V, 3)
+    np.testing.assert_allclose(v, moving.animate(demo.load_audio(wav), 16000), atol=1e-7)   # every frame
+    assert np.abs(v - smoke_ds.template.vertices).max() > 1e-3          # and it moves
     assert (tmp_path / "o.html").stat().st_size > 10000
+
+
+def test_44k_stereo_is_resampled_to_the_same_frames(smoke_ds, moving, tmp_path):
+    from scipy.signal import resample_poly
+    a = smoke_ds.sequences("test")[1].audio()
+    sf.write(tmp_path / "in44.wav", np.stack([resample_poly(a, 441, 160)] * 2, 1), 44100)
+    res = demo.animate_file(tmp_path / "in44.wav", tmp_path / "o.npy", model=moving, progress=False)
+    assert abs(res["frames"] - len(a) / 16000 * 30) <= 1
+
+
+def test_demo_rejects_bad_input_before_training_or_rendering(smoke_ds, moving, tmp_path, monkeypatch):
+    def no_training(*a, **k):
+        raise AssertionError("a bad input must be rejected before any dataset generation or training")
+    monkeypatch.setattr(demo, "trained_model", no_training)
+    speech = smoke_ds.sequences("test")[0].audio()
+    sf.write(tmp_path / "ok.wav", speech, 16000)
     (tmp_path / "empty.wav").write_bytes(b"")
-    with pytest.raises(ValueError, match="empty.wav"):
-        demo.animate_file(tmp_path / "empty.wav", tmp_path / "x.npy", model=model, template=smoke_ds.template)
     sf.write(tmp_path / "quiet.wav", np.zeros(16000), 16000)
-    with pytest.raises(ValueError, match="quiet.wav: audio is silent"):
-        demo.animate_file(tmp_path / "quiet.wav", tmp_path / "x.npy", model=model, template=smoke_ds.template)
-    with pytest.raises(ValueError, match="unsupported output"):
-        demo.animate_file(wav, tmp_path / "x.gif", model=model, template=smoke_ds.template)
+    sf.write(tmp_path / "dc.wav", np.full(16000, 0.25), 16000)
+    sf.write(tmp_path / "nan.wav", np.full(16000, np.nan), 16000, subtype="FLOAT")
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "a_dir.npy").mkdir()
+    cases = [
+        ("empty.wav", "x.npy", {}, "empty.wav: cannot read audio"),
+        ("quiet.wav", "x.npy", {}, "quiet.wav: audio is silent"),
+        ("dc.wav", "x.npy", {}, r"dc.wav: audio is constant at \+0.250"),
+        ("nan.wav", "x.npy", {}, "nan.wav: 16000 audio samples are NaN"),
+        ("ok.wav", "x.gif", {}, "unsupported output"),
+        ("ok.wav", "a_file/face.mp4", {}, "a_file/face.mp4: cannot write here"),
+        ("ok.wav", "a_dir.npy", {}, "a_dir.npy: is a folder"),
+        ("ok.wav", "x.npy", {"stage": 3}, "ok.wav: stage 3: expected 1 or 2"),
+    ]
+    for audio, out, kw, message in cases:
+        with pytest.raises(ValueError, match=message):
+            demo.animate_file(tmp_path / audio, tmp_path / out, progress=False, **kw)
+    with pytest.raises(FileNotFoundError, match="nope.wav"):
+        demo.animate_file(tmp_path / "nope.wav", tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("smoke,expected", [("1", "smoke"), ("0", "default")])
+def test_cli_animate_follows_mtk_smoke(smoke, expected, smoke_ds, tmp_path, monkeypatch):
+    """`python -m mtk animate` with no --preset takes the smoke model when MTK_SMOKE=1, as the rest of the kit."""
+    import mtk.data
+    from mtk.__main__ import main
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_load_dataset(name, progress=True):
+        seen.append(name)
+        raise Stop
+    monkeypatch.setattr(mtk.data, "load_dataset", fake_load_dataset)
+    monkeypatch.setenv("MTK_SMOKE", smoke)
+    sf.write(tmp_path / "ok.wav", smoke_ds.sequences("test")[0].audio(), 16000)
+    with pytest.raises(Stop):
+        main(["animate", str(tmp_path / "ok.wav"), "--out", str(tmp_path / "x.npy")])
+    assert seen == [expected]
+    with pytest.raises(SystemExit, match="mtk animate: .*unsupported output"):
+        main(["animate", str(tmp_path / "ok.wav"), "--out", str(tmp_path / "x.gif")])
 
 
 def test_configs_round_trip():
