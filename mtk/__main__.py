@@ -98,7 +98,9 @@ def cmd_reproduce(args) -> None:
     os.environ["MTK_SMOKE"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    t = time.time()
     cmd_data(args)
+    record_timing("data", time.time() - t)
     out_dir = runs_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [nb for nb in _notebooks() if not args.only or any(nb.name.startswith(o) for o in args.only)]
@@ -106,7 +108,29 @@ def cmd_reproduce(args) -> None:
         t = time.time()
         print(f"running {nb_path.name} ...", flush=True)
         run_notebook(nb_path, out_dir / nb_path.name, args.cell_timeout)
+        record_timing(nb_path.stem, time.time() - t)
         print(f"  done in {time.time() - t:.0f} s -> {out_dir / nb_path.name}", flush=True)
+
+
+def record_timing(step: str, seconds: float) -> Path:
+    """Write one step's wall time to figures/timings.csv (`notebook,seconds,cores`), replacing that step's
+    earlier row and keeping the others, so `reproduce --only 04` updates notebook 04 alone. The README's
+    time figures come from this file. cores: the CPU cores this process could use."""
+    import csv
+    from .paths import figures_dir
+    path = figures_dir() / "timings.csv"
+    rows = {}
+    if path.exists():
+        with open(path, newline="") as f:
+            rows = {r["notebook"]: r for r in csv.DictReader(f)}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    rows[step] = {"notebook": step, "seconds": f"{seconds:.0f}", "cores": str(cores)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["notebook", "seconds", "cores"])
+        w.writeheader()
+        w.writerows(sorted(rows.values(), key=lambda r: (r["notebook"] != "data", r["notebook"])))
+    return path
 
 
 def strip_notebook(path: Path) -> bool:

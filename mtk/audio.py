@@ -20,6 +20,7 @@ their valid samples, as `Wav2Vec2Processor` does for FaceFormer and MemoryTalker
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,7 +105,6 @@ def pretrained_identity(pretrained: str | None) -> str | None:
     from pathlib import Path
     if pretrained is None or not Path(pretrained).is_dir():
         return pretrained
-    import hashlib
     folder = Path(pretrained)
     h = hashlib.sha1()
     for f in sorted(folder.iterdir()):
@@ -141,35 +141,83 @@ def frames_for(n_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = FPS) -
 
 
 class AudioEncoder(nn.Module):
-    """Waveform (B, N) at 16 kHz -> features (B, T, hidden) at the mesh frame rate."""
+    """Waveform (B, N) at 16 kHz -> features (B, T, hidden) at the mesh frame rate.
+
+    Two exact speed-ups, on by default (`set_speedups(False)` restores the plain computation, for
+    `python -m mtk.bench train`):
+    * no gradient to the waveform: transformers' CNN marks its input as requiring a gradient in training
+      mode (its `_requires_grad` flag, which `_freeze_parameters` clears), so a frozen CNN would still be
+      back-propagated through all seven convolutions to the raw audio. Nothing needs that gradient, so
+      the flag is off; the CNN's own parameters still get gradients when they train.
+    * a feature cache: when no CNN parameter trains (`freeze_feature_encoder`, as in the paper), each
+      clip's CNN features (interpolated to its mesh frames) are computed once and kept, keyed by the clip's
+      samples, its frame count, and the CNN weights' identity (a changed or reloaded weight empties it).
+      The CNN has no dropout and no running statistics, so a cached clip is bit-identical to a recomputed one.
+    """
+
+    CACHE_CLIPS = 8192                 # clips kept (64-d x 150 frames: ~40 KB each on the default encoder)
 
     def __init__(self, cfg: AudioConfig, hf_config: dict | None = None):
         super().__init__()
         self.cfg = cfg
         self.model = load_hf_model(cfg, hf_config)
-        if cfg.freeze_feature_encoder:
+        self._setup()
+
+    def _setup(self) -> None:
+        """Freeze the CNN if the config says so; turn the speed-ups on (subclasses call this after building)."""
+        if self.cfg.freeze_feature_encoder:
             for p in self.model.feature_extractor.parameters():
                 p.requires_grad = False
         self.hidden_size = self.model.config.hidden_size
+        self._cache: dict = {}
+        self._cache_weights = None
+        self.set_speedups(True)
+
+    def set_speedups(self, on: bool) -> "AudioEncoder":
+        """True: no gradient to the waveform and cached CNN features (exact). False: transformers' plain path."""
+        self.speedups = on
+        self.model.feature_extractor._requires_grad = not on
+        self._cache.clear()
+        return self
 
     def cnn_lengths(self, n_samples: torch.Tensor) -> torch.Tensor:
         return self.model._get_feat_extract_output_lengths(n_samples).long()
+
+    def clip_features(self, wave: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """One clip's samples (N,), unpadded -> its CNN features interpolated to n_frames: (n_frames, C).
+
+        Normalised on its own samples (zero mean, unit variance) and run through the CNN alone: the first
+        layer's GroupNorm normalises over time, so padding would change a clip's features with its batch.
+        FaceFormer's alignment: the 50 Hz CNN features are linearly interpolated to the mesh frames."""
+        cnn = self.model.feature_extractor
+        cacheable = self.speedups and not any(p.requires_grad for p in cnn.parameters())
+        if cacheable:
+            weights = tuple((p.data_ptr(), p._version) for p in cnn.parameters())
+            if weights != self._cache_weights:                  # new, moved or reloaded weights
+                self._cache.clear()
+                self._cache_weights = weights
+            key = (hashlib.blake2b(wave.detach().cpu().numpy().tobytes(), digest_size=16).digest(),
+                   len(wave), n_frames)
+            hit = self._cache.get(key)
+            if hit is not None:
+                return hit
+        n = torch.tensor([len(wave)], device=wave.device)
+        x = normalize_waveform(wave[None], n)                                    # (1, N)
+        f = F.interpolate(cnn(x), size=n_frames, mode="linear", align_corners=True)[0].transpose(0, 1)  # (T, C)
+        if cacheable:
+            if len(self._cache) >= self.CACHE_CLIPS:
+                self._cache.pop(next(iter(self._cache)))                     # oldest first
+            self._cache[key] = f
+        return f
 
     def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
         """audio (B, N) padded with zeros; audio_lengths (B,); n_frames (B,) -> (B, T_max, hidden)."""
         B = audio.shape[0]
         T = int(n_frames.max())
-        x = normalize_waveform(audio, audio_lengths)
-        feats = None
-        for b in range(B):
-            # each clip's CNN runs on its own samples: the first layer's GroupNorm normalises over time,
-            # so zero padding would change a clip's features depending on its batch
-            cnn = self.model.feature_extractor(x[b:b + 1, :int(audio_lengths[b])])     # (1, C, T50)
-            if feats is None:
-                feats = cnn.new_zeros(B, T, cnn.shape[1])
-            # FaceFormer: interpolate the CNN features of each clip to its number of mesh frames
-            f = F.interpolate(cnn, size=int(n_frames[b]), mode="linear", align_corners=True)
-            feats[b, :int(n_frames[b])] = f[0].transpose(0, 1)
+        clips = [self.clip_features(audio[b, :int(audio_lengths[b])], int(n_frames[b])) for b in range(B)]
+        feats = clips[0].new_zeros(B, T, clips[0].shape[1])                  # (B, T, C), zero past each clip
+        for b, f in enumerate(clips):
+            feats[b, :len(f)] = f
         frame_mask = torch.arange(T, device=audio.device)[None] < n_frames[:, None]   # (B, T)
         h = self.model.feature_projection(feats)
         h = h[0] if isinstance(h, tuple) else h                             # wav2vec2 also returns the normed input
@@ -185,7 +233,7 @@ def config_dict(cfg: AudioConfig) -> dict:
 
 # --------------------------------------------------------------------------- stand-in for ASR pretraining
 def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, lr: float = 1e-3,
-                         batch_size: int = 8, seed: int = 0, progress: bool = True):
+                         batch_size: int = 8, seed: int = 0, progress: bool = True, speedups: bool = True):
     """Pretrain a small encoder to recognise phonemes frame by frame; save it for `from_pretrained`.
 
     The paper starts from HuBERT pretrained on 960 h of LibriSpeech, and every
@@ -198,6 +246,8 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
     validation speakers), and every model then loads it by path, exactly as it
     would load `facebook/hubert-base-ls960` from a local folder.
     Returns the folder. Skips training if `out_dir/pretrain.json` already exists.
+    speedups: the encoder's exact speed-ups (`AudioEncoder.set_speedups`) and batches grouped by length
+    (`train.length_batches`); False restores the plain computation (`python -m mtk.bench train`).
     """
     import json
     import time
@@ -206,7 +256,7 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
     from tqdm.auto import tqdm
 
     from .articulation import PHONEMES
-    from .data import FaceDataset, collate
+    from .data import FaceDataset, collate, length_batches
 
     out_dir = Path(out_dir)
     if (out_dir / "pretrain.json").exists():
@@ -218,10 +268,10 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
                          "folder>), the 'paper' preset).")
     torch.manual_seed(seed)
     from dataclasses import replace
-    enc = AudioEncoder(replace(cfg, pretrained=None, freeze_feature_encoder=False))
+    enc = AudioEncoder(replace(cfg, pretrained=None, freeze_feature_encoder=False)).set_speedups(speedups)
     clf = nn.Linear(enc.hidden_size, len(PHONEMES))
     params = list(enc.parameters()) + list(clf.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
     train = FaceDataset(train_seqs, len(dataset.train_subjects), cache=True)
     val = FaceDataset(dataset.sequences("val") or dataset.sequences("train")[:8], len(dataset.train_subjects))
     gen = torch.Generator().manual_seed(seed)
@@ -237,9 +287,15 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
 
     history = []
     t0 = time.time()
+    lengths = [len(train[i]["audio"]) for i in range(len(train))]
     for epoch in range(epochs):
-        loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
-                                             collate_fn=collate)
+        t_epoch = time.time()
+        if speedups:
+            loader = torch.utils.data.DataLoader(train, batch_sampler=length_batches(lengths, batch_size, gen),
+                                                 collate_fn=collate)
+        else:
+            loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
+                                                 collate_fn=collate)
         losses = []
         for batch in tqdm(loader, desc=f"phoneme pretraining {epoch + 1}/{epochs}", leave=False, disable=not progress):
             loss, _ = run(batch, True)
@@ -253,7 +309,8 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
         with torch.no_grad():
             accs = [run(collate([val[i] for i in range(j, min(len(val), j + batch_size))]), False)[1]
                     for j in range(0, len(val), batch_size)]
-        history.append({"loss": float(np.mean(losses)), "val_frame_accuracy": float(np.mean(accs))})
+        history.append({"loss": float(np.mean(losses)), "val_frame_accuracy": float(np.mean(accs)),
+                        "seconds": time.time() - t_epoch})
         if progress:
             print(f"phoneme pretraining epoch {epoch + 1}/{epochs}: loss {history[-1]['loss']:.3f}, "
                   f"val frame accuracy {history[-1]['val_frame_accuracy']:.3f}", flush=True)

@@ -6,6 +6,8 @@ one function and one dict entry.
 
     python -m mtk.bench metrics            # evaluate() on a VOCA-sized test set
     python -m mtk.bench inference          # frames per second and real-time factor on a 10 s clip, per method
+    python -m mtk.bench train              # training steps/s per method and stage, speed-ups on vs off
+    python -m mtk.bench profile memorytalker 1   # where one training epoch spends its time
 """
 
 from __future__ import annotations
@@ -297,9 +299,21 @@ def bench_inference(argv: Sequence[str] = ()) -> int:
     return status
 
 
+def bench_train(argv: Sequence[str] = ()) -> int:
+    from .bench_train import bench_train as run
+    return run(argv)
+
+
+def bench_profile(argv: Sequence[str] = ()) -> int:
+    from .bench_train import bench_profile as run
+    return run(argv)
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "metrics": bench_metrics,
     "inference": bench_inference,
+    "train": bench_train,
+    "profile": bench_profile,
 }
 
 

@@ -528,6 +528,23 @@ def collate(batch: list[dict]) -> dict:
                 sentence=[b["sentence"] for b in batch], name=[b["name"] for b in batch])
 
 
+def length_batches(lengths: list[int], batch_size: int, generator: torch.Generator, megabatch: int = 50) -> list[list[int]]:
+    """One epoch's batches, each of clips of similar length, so little of a batch is padding.
+
+    The "sortish" grouping of fairseq and transformers' `group_by_length` (LengthGroupedSampler): a random
+    permutation of the clips is cut into mega-batches of `megabatch * batch_size`, each sorted by length
+    and cut into batches; the batches are then shuffled. Every clip is used once per epoch, and which
+    clips meet in a batch is still random within a mega-batch. lengths: one number per clip (samples)."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    size = megabatch * batch_size
+    batches = []
+    for k in range(0, len(perm), size):
+        mega = sorted(perm[k:k + size], key=lambda i: -lengths[i])
+        batches += [mega[j:j + batch_size] for j in range(0, len(mega), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
 def motion_scale(sequences: list[Sequence], every: int = 4) -> float:
     """RMS displacement from the template (metres) over every `every`-th sequence: the size of the motion."""
     ss, n = 0.0, 0

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .configs import Config
-from .audio import AudioConfig, AudioEncoder, frames_for, normalize_waveform
+from .audio import AudioConfig, AudioEncoder, frames_for
 from .losses import masked_mse, vertex_losses
 from .checks import check_audio, check_stage, check_template
 from .memory import MotionMemory
@@ -221,6 +221,7 @@ class MemoryTalker(nn.Module):
         y = self.decoder(q, f_txt, memory_mask=alignment_mask(T, q.device), tgt_key_padding_mask=padding)
         # vertices = template + out(y) * motion_scale, in one fused pass over the (B, T, V*3) output:
         # the scale is applied to y (B, T, c), not to the (V*3, c) weight, and the template rides in the bias
+        # (measured faster, forward + backward, than F.linear over B*T frames followed by adding the template)
         s = self.cfg.motion_scale
         bias = (template + self.out.bias * s)[:, None]                   # (B, 1, V*3)
         return torch.baddbmm(bias, y * s, self.out.weight.t().expand(y.shape[0], -1, -1))
@@ -231,7 +232,7 @@ class MemoryTalker(nn.Module):
 
     def style_weights(self, audio, audio_lengths):
         """Stage 2: f_s (B, n) and w_s (B, n) from the same (normalised) audio the encoder hears."""
-        f_s = self.style_encoder.style(normalize_waveform(audio, audio_lengths), audio_lengths)
+        f_s = self.style_encoder.style(audio, audio_lengths)
         return f_s, self.style_encoder.weights(f_s)
 
     # ------------------------------------------------------------------ forward

@@ -22,12 +22,14 @@ blocks and a linear output.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from .audio import normalize_waveform
 from .configs import Config
 
 
@@ -156,6 +158,8 @@ class SpeakerEncoder(nn.Module):
 class StyleEncoder(nn.Module):
     """E_s: waveform -> f_s (B, n) and slot weights w_s (B, n) (Eq. 15); `embed` feeds the triplet loss."""
 
+    CACHE_CLIPS = 2048                 # log-mels kept (80 x 400 frames: ~128 KB for a 4 s clip)
+
     def __init__(self, n_slots: int, cfg: StyleConfig | None = None):
         super().__init__()
         self.cfg = cfg or StyleConfig()
@@ -164,14 +168,37 @@ class StyleEncoder(nn.Module):
         self.to_style = nn.Linear(self.cfg.out_dim, n_slots)                       # psi' (merged, as released)
         self.to_scale = nn.Linear(n_slots, 1, bias=False)                          # psi_{->1}
         self.style_mlp = nn.Sequential(nn.Linear(n_slots, n_slots), nn.ReLU(), nn.Linear(n_slots, n_slots))
+        self._mel_cache: dict = {}
+        self.set_speedups(True)
 
     def style(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """audio (B, N) padded, lengths (B,) -> f_s (B, n). Each clip is encoded on its own valid samples."""
-        out = []
-        for b in range(audio.shape[0]):
-            mel = self.logmel(audio[b:b + 1, :int(lengths[b])])                     # (1, n_mels, frames)
-            out.append(self.to_style(self.encoder(mel)))
-        return torch.cat(out, 0)
+        """audio (B, N) raw, padded; lengths (B,) -> f_s (B, n). Each clip is encoded on its own valid samples,
+        normalised to zero mean and unit variance (as the speech encoder hears it, as released)."""
+        return torch.cat([self.to_style(self.encoder(self.clip_mel(audio[b, :int(lengths[b])])))
+                          for b in range(audio.shape[0])], 0)
+
+    def clip_mel(self, wave: torch.Tensor) -> torch.Tensor:
+        """One clip's raw samples (N,) -> its log-mel of the normalised waveform (1, n_mels, frames).
+
+        Has no parameters, so with the speed-ups on (`set_speedups`) it is computed once per clip and
+        kept, keyed by the clip's samples: bit-identical to recomputing it."""
+        key = None
+        if self.speedups:
+            key = (hashlib.blake2b(wave.detach().cpu().numpy().tobytes(), digest_size=16).digest(), len(wave))
+            if (hit := self._mel_cache.get(key)) is not None:
+                return hit
+        mel = self.logmel(normalize_waveform(wave[None], torch.tensor([len(wave)], device=wave.device)))
+        if key is not None:
+            if len(self._mel_cache) >= self.CACHE_CLIPS:
+                self._mel_cache.pop(next(iter(self._mel_cache)))
+            self._mel_cache[key] = mel
+        return mel
+
+    def set_speedups(self, on: bool) -> "StyleEncoder":
+        """True: log-mels cached per clip (exact). False: recomputed every time (`python -m mtk.bench train`)."""
+        self.speedups = on
+        self._mel_cache.clear()
+        return self
 
     def weights(self, f_s: torch.Tensor) -> torch.Tensor:
         """Eq. 15: w_s = sigmoid(f_s) * psi(f_s), (B, n)."""

@@ -27,7 +27,7 @@ import torch
 
 from . import checkpoint
 from .configs import Config
-from .data import FaceDataset, Sequence, collate
+from .data import FaceDataset, Sequence, collate, length_batches
 from .losses import vertex_losses
 
 
@@ -46,6 +46,7 @@ class TrainConfig(Config):
     triplets: str = "sampled"             # stage 2: "sampled" (released: a positive and a negative per clip,
                                           # 3 style-encoder passes) or "in_batch" (batches of speaker pairs)
     cache: bool = True                    # keep materialised clips in memory (SynthVOCA fits easily)
+    bucket: bool = True                   # batches of clips of similar length (`length_batches`): less padding
     normalize_loss: bool = True           # divide the loss by motion_scale^2 before backward (see `loss_scale`)
 
     @classmethod
@@ -138,13 +139,16 @@ class SpeakerPairBatches(torch.utils.data.Sampler):
     """Batches made of pairs of clips of one speaker (so every batch holds positives and negatives).
 
     Each epoch: the clips of every speaker are shuffled and paired, the pairs shuffled and packed
-    `batch_size // 2` to a batch. Seeded by (seed, epoch).
+    `batch_size // 2` to a batch. Seeded by (seed, epoch). With `lengths` (one per clip), pairs of
+    similar length are packed together (mega-batches of 50 batches sorted by the pair's length, as in
+    `length_batches`), so less of a batch is padding.
     """
 
-    def __init__(self, speakers: list[int], batch_size: int, seed: int = 0):
+    def __init__(self, speakers: list[int], batch_size: int, seed: int = 0, lengths: list[int] | None = None):
         if batch_size < 4:
             raise ValueError(f"in-batch triplets need batch_size >= 4 (two pairs), got {batch_size}")
         self.speakers, self.batch_size, self.seed, self.epoch = speakers, batch_size, seed, 0
+        self.lengths = lengths
 
     def _batches(self):
         rng = random.Random(hash((self.seed, self.epoch)))
@@ -155,7 +159,29 @@ class SpeakerPairBatches(torch.utils.data.Sampler):
             pairs += [idx[k:k + 2] for k in range(0, len(idx), 2)]
         rng.shuffle(pairs)
         per = self.batch_size // 2
-        return [sum(pairs[k:k + per], []) for k in range(0, len(pairs), per)]
+        if self.lengths is None:
+            return [sum(pairs[k:k + per], []) for k in range(0, len(pairs), per)]
+        size = 50 * per
+        batches = []
+        for k in range(0, len(pairs), size):
+            mega = sorted(pairs[k:k + size], key=lambda pair: -max(self.lengths[i] for i in pair))
+            while mega:
+                # the longest pair left, then the next-longest pairs of *other* speakers: a speaker's clips
+                # share its speech rate, so length-sorted neighbours are often one speaker's, and a batch of
+                # one speaker has no negatives for the triplet loss
+                batch = [mega.pop(0)]
+                for j in range(len(mega)):
+                    if len(batch) == per:
+                        break
+                    if all(self.speakers[mega[j][0]] != self.speakers[b[0]] for b in batch):
+                        batch.append(mega[j])
+                        mega[j] = None
+                mega = [pair for pair in mega if pair is not None]
+                while len(batch) < per and mega:                # fewer speakers than pairs per batch
+                    batch.append(mega.pop(0))
+                batches.append(sum(batch, []))
+        rng.shuffle(batches)
+        return batches
 
     def __iter__(self):
         return iter(self._batches())
@@ -175,6 +201,25 @@ def collate_triplets(batch):
             pad[i, :len(a)], m[i, :len(a)] = a, True
         out[key] = {"audio": pad, "audio_mask": m}
     return out
+
+
+def epoch_loader(dataset, cfg: TrainConfig, epoch: int, gen: torch.Generator, lengths: list[int] | None,
+                 speakers: list[int], sampled: bool) -> torch.utils.data.DataLoader:
+    """One epoch's batches of `dataset` (a FaceDataset, or a TripletDataset when `sampled`), seeded by
+    (cfg.seed, epoch): speaker pairs for in-batch triplets (stage 2), else shuffled batches, grouped by
+    length when `cfg.bucket` (`lengths`: samples per clip)."""
+    gen.manual_seed(cfg.seed * 1000 + epoch)
+    if isinstance(dataset, TripletDataset):
+        dataset.epoch = epoch
+    if cfg.stage == 2 and cfg.triplets == "in_batch":
+        sampler = SpeakerPairBatches(speakers, cfg.batch_size, cfg.seed, lengths if cfg.bucket else None)
+        sampler.epoch = epoch
+        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    fn = collate_triplets if sampled else collate
+    if cfg.bucket and cfg.batch_size > 1:
+        return torch.utils.data.DataLoader(dataset, batch_sampler=length_batches(lengths, cfg.batch_size, gen),
+                                           collate_fn=fn)
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=fn)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -251,7 +296,7 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
     params = model.stage_parameters(cfg.stage)
     with trainable_only(model, params):
         groups = model.param_groups(cfg.stage, cfg.lr) if hasattr(model, "param_groups") else [{"params": params}]
-        opt = torch.optim.Adam(groups, lr=cfg.lr)
+        opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True)          # one kernel for all parameters
         key = config_hash(asdict(cfg), getattr(model, "cfg", None) and model.cfg.to_dict(), [s.name for s in train])
         history = {"train": [], "val": [], "seconds": []}
         start = 0
@@ -274,18 +319,10 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
         if val:
             val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_train_speakers), batch_size=cfg.batch_size,
                                                      collate_fn=collate)
+        lengths = [len(base[i]["audio"]) for i in range(len(base))] if cfg.bucket else None
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
-            gen.manual_seed(cfg.seed * 1000 + epoch)
-            if isinstance(dataset, TripletDataset):
-                dataset.epoch = epoch
-            if in_batch:
-                sampler = SpeakerPairBatches([s.speaker for s in train], cfg.batch_size, cfg.seed)
-                sampler.epoch = epoch
-                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-            else:
-                loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                                                     collate_fn=collate_triplets if sampled else collate)
+            loader = epoch_loader(dataset, cfg, epoch, gen, lengths, [s.speaker for s in train], sampled)
             model.train()
             sums: dict[str, float] = {}
             n = 0

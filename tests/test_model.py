@@ -101,6 +101,9 @@ def test_one_step_lowers_the_loss(tiny, batch):
 def test_stage2_leaves_stage1_parameters_unchanged(smoke_ds, tmp_path):
     torch.manual_seed(0)
     m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3), smoke_ds.template.mask("lips"))
+    # a non-zero output layer: the vertex losses then reach the style encoder whatever the batches' triplets
+    # (with the zero-initialised layer only the triplet loss would, and a batch's triplets may all be satisfied)
+    torch.nn.init.normal_(m.out.weight, std=0.02)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     fit(m, smoke_ds.sequences("train"), TrainConfig.smoke(2, epochs=1, max_batches=2), tmp_path / "s2",
         len(smoke_ds.train_subjects), progress=False)

@@ -432,7 +432,7 @@ def _adapt(model: Imitator, batches, steps, lr, init, final_layer, seed, history
         params += list(final)
     else:
         objective = StyleObjective(model, batches)
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
     order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
     unit = model.cfg.motion_scale ** 2
     for step in range(steps):

@@ -165,10 +165,7 @@ class WavLMAudioEncoder(AudioEncoder):
             except (OSError, ValueError) as e:
                 raise OSError(f"could not load WavLM weights {cfg.pretrained!r} (no hub access?): {e}\nDownload "
                               "them elsewhere and pass the local folder as AudioConfig.pretrained.") from e
-        if cfg.freeze_feature_encoder:
-            for p in self.model.feature_extractor.parameters():
-                p.requires_grad = False
-        self.hidden_size = self.model.config.hidden_size
+        self._setup()
 
 
 def make_audio_encoder(cfg: AudioConfig) -> AudioEncoder:
@@ -421,7 +418,7 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
     params = model.stage_parameters(cfg.stage)
     trainable = {id(p) for p in params}
     with trainable_only(model, params):
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
         history = {"train": [], "val": [], "seconds": []}
         start = 0
         key = config_hash(cfg.to_dict(), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
