@@ -233,7 +233,8 @@ def config_dict(cfg: AudioConfig) -> dict:
 
 # --------------------------------------------------------------------------- stand-in for ASR pretraining
 def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, lr: float = 1e-3,
-                         batch_size: int = 8, seed: int = 0, progress: bool = True, speedups: bool = True):
+                         batch_size: int = 8, seed: int = 0, progress: bool = True, speedups: bool = True,
+                         bucket: bool = False):
     """Pretrain a small encoder to recognise phonemes frame by frame; save it for `from_pretrained`.
 
     The paper starts from HuBERT pretrained on 960 h of LibriSpeech, and every
@@ -246,8 +247,9 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
     validation speakers), and every model then loads it by path, exactly as it
     would load `facebook/hubert-base-ls960` from a local folder.
     Returns the folder. Skips training if `out_dir/pretrain.json` already exists.
-    speedups: the encoder's exact speed-ups (`AudioEncoder.set_speedups`) and batches grouped by length
-    (`train.length_batches`); False restores the plain computation (`python -m mtk.bench train`).
+    speedups: the encoder's exact speed-ups (`AudioEncoder.set_speedups`); False restores the plain
+    computation (`python -m mtk.bench train`). bucket: batches of similar length (`data.length_batches`),
+    faster but not exact, off by default like `TrainConfig.bucket`.
     """
     import json
     import time
@@ -287,10 +289,10 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
 
     history = []
     t0 = time.time()
-    lengths = [len(train[i]["audio"]) for i in range(len(train))]
+    lengths = [len(train[i]["audio"]) for i in range(len(train))] if bucket else None
     for epoch in range(epochs):
         t_epoch = time.time()
-        if speedups:
+        if bucket:
             loader = torch.utils.data.DataLoader(train, batch_sampler=length_batches(lengths, batch_size, gen),
                                                  collate_fn=collate)
         else:

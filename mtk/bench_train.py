@@ -10,7 +10,8 @@ row. Every method trains through its real training loop (`train.fit`, UniTalker'
 pretraining) on the same clips: `--per-speaker` clips of each training speaker.
 
 "Off" restores the kit's behaviour before the speed work (`AudioEncoder.set_speedups(False)`: transformers'
-gradient flag on the frozen CNN, no feature cache; `TrainConfig.bucket=False`: batches not grouped by length).
+gradient flag on the frozen CNN, no feature caches). `--bucket` also groups the "on" arm's batches by length
+(`TrainConfig.bucket`: faster, but not exact, so off by default).
 The ratio on/off is the figure: absolute times on shared cores vary from run to run.
 """
 from __future__ import annotations
@@ -80,7 +81,8 @@ def stages(method: str, dataset, preset: str = "default") -> list[int]:
     return [1, 2] if r.stage2 is not None and getattr(r.model, "use_memory", True) else [1]
 
 
-def time_epochs(method: str, stage: int, dataset, on: bool, epochs: int = 2, preset: str = "default") -> dict:
+def time_epochs(method: str, stage: int, dataset, on: bool, epochs: int = 2, preset: str = "default",
+                bucket: bool = False) -> dict:
     """Train `method`'s `stage` for `epochs` epochs on `dataset` with the speed-ups on or off.
     -> {"seconds": [per epoch], "batches": per epoch, "clips": per epoch}."""
     from . import recipes
@@ -90,11 +92,11 @@ def time_epochs(method: str, stage: int, dataset, on: bool, epochs: int = 2, pre
     with tempfile.TemporaryDirectory() as tmp:
         if method == "phonemes":
             out = pretrain_on_phonemes(dataset, _audio(preset), Path(tmp) / "enc", epochs=epochs,
-                                       progress=False, speedups=on)
+                                       progress=False, speedups=on, bucket=on and bucket)
             hist = json.loads((out / "pretrain.json").read_text())["history"]
             return {"seconds": [h["seconds"] for h in hist], "batches": -(-len(train) // 8), "clips": len(train)}
         recipe = _recipe(method, dataset, preset)
-        cfg = replace(recipe.stage1 if stage == 1 else recipe.stage2, epochs=epochs, bucket=on)
+        cfg = replace(recipe.stage1 if stage == 1 else recipe.stage2, epochs=epochs, bucket=on and bucket)
         model = recipes.build(recipe, dataset)
         set_speedups(model, on)
         if method == "unitalker":
@@ -118,6 +120,8 @@ def bench_train(argv: Seq[str] = ()) -> int:
                                                          "first, as they do in every real run's first epoch)")
     p.add_argument("--preset", default="default", choices=["smoke", "default"],
                    help="the preset's models and its SynthVOCA (default: default)")
+    p.add_argument("--bucket", action="store_true", help="the 'on' arm also groups batches by length (not exact, "
+                                                         "off by default in the kit: docs/performance.md)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
     args = p.parse_args(list(argv))
     unknown = sorted(set(args.methods) - set(METHODS))
@@ -131,7 +135,8 @@ def bench_train(argv: Seq[str] = ()) -> int:
     rows = []
     for method in args.methods:
         for stage in stages(method, dataset, args.preset):
-            r = {s: time_epochs(method, stage, dataset, s == "on", args.epochs, args.preset) for s in ("off", "on")}
+            r = {s: time_epochs(method, stage, dataset, s == "on", args.epochs, args.preset, args.bucket)
+                 for s in ("off", "on")}
             off, on = (r[k]["batches"] / r[k]["seconds"][-1] for k in ("off", "on"))
             row = {"method": method, "stage": stage, "off_steps_per_s": off, "on_steps_per_s": on,
                    "on_clips_per_s": r["on"]["clips"] / r["on"]["seconds"][-1], "speedup": on / off,
@@ -164,7 +169,7 @@ def bench_profile(argv: Seq[str] = ()) -> int:
     from .train import TripletDataset, epoch_loader, loss_scale, to_device, trainable_only
     dataset = Subset(load_dataset(args.preset, progress=False), args.per_speaker)
     recipe = _recipe(args.method, dataset, args.preset)
-    cfg = replace(recipe.stage1 if args.stage == 1 else recipe.stage2, bucket=not args.off)
+    cfg = recipe.stage1 if args.stage == 1 else recipe.stage2
     model = recipes.build(recipe, dataset)
     set_speedups(model, not args.off)
     train = dataset.sequences("train")

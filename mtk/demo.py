@@ -1,7 +1,7 @@
 """Animate your own recording: `python -m mtk animate speech.wav --out face.mp4` (or .html, .npy).
 
-Uses the trained default MemoryTalker from runs/ (training it first, with a progress bar, if there is
-none), animates the kit's neutral face from the audio alone, and writes
+Uses the trained default MemoryTalker: this machine's run in runs/, else the one shipped with the kit
+(mtk/pretrained/, when its recipe is the code's), else trains it first, saying so (`mtk.shipped`); animates the kit's neutral face from the audio alone, and writes
 
     .npy   the vertices, (T, V, 3) float32 metres at 30 fps
     .html  an interactive k3d page (drag to rotate, press play)
@@ -30,13 +30,11 @@ def default_preset() -> str:
 
 
 def trained_model(preset: str | None = None, progress: bool = True):
-    """The preset's MemoryTalker (both stages) and its dataset, trained on first use."""
-    from . import recipes
-    from .data import load_dataset
-    preset = preset or default_preset()
-    ds = load_dataset(preset, progress=progress)
-    model, _ = recipes.load_or_train(recipes.memorytalker(preset, ds, progress=progress), ds, progress=progress)
-    return model.eval(), ds
+    """The preset's MemoryTalker (both stages), in eval mode: this machine's trained run, else the one shipped
+    with the kit if its recipe is the code's, else trained on first use (`mtk.shipped.load_or_train`)."""
+    from . import shipped
+    model, _ = shipped.load_or_train(preset or default_preset(), progress=progress)
+    return model
 
 
 def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | None = None, model=None,
@@ -58,7 +56,7 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
     except ValueError as e:
         raise ValueError(f"{audio_path}: {e}") from None
     if model is None:
-        model, _ = trained_model(preset, progress)
+        model = trained_model(preset, progress)
     template = template if template is not None else model.template
     try:
         verts = model.animate(audio, 16000, template, stage=stage)   # (T, V, 3)

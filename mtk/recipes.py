@@ -46,6 +46,23 @@ class Recipe:
         return runs_dir() / f"{self.name}-{self.key(dataset)}"
 
 
+def identity(recipe: Recipe, dataset) -> dict:
+    """What a trained model follows from, the same on every machine and checkout: the recipe's name, class,
+    configs and schedules, and the dataset's key. Two things are named, not hashed by content: the shared
+    encoder's pretraining (by its folder's name, which hashes the pretraining config, the dataset's key and
+    the epochs) and the motion scale (a statistic of the dataset, so it follows from the dataset's key)."""
+    from pathlib import PurePath
+    model = recipe.model.to_dict()
+    model.pop("motion_scale", None)
+    audio = model.get("audio")
+    if isinstance(audio, dict) and str(audio.get("pretrained") or "").find("audio-pretrain-") >= 0:
+        audio["pretrained"] = PurePath(audio["pretrained"]).name
+    return json.loads(json.dumps({
+        "name": recipe.name, "class": recipe.model_class.__name__, "model": model,
+        "stage1": recipe.stage1.to_dict(), "stage2": recipe.stage2 and recipe.stage2.to_dict(),
+        "dataset": dataset_key(dataset)}, default=str))
+
+
 def dataset_key(dataset) -> str:
     """A dataset's identity, independent of where it lives (SynthVOCA: its generator key; VOCASET: its files)."""
     return dataset.key
@@ -118,35 +135,40 @@ def method_recipe(name: str, preset: str, dataset, presets: dict, model_class, p
                   trainer=trainer)
 
 
-def pretrained_audio(preset: str, dataset, progress: bool = True) -> AudioConfig:
+def pretrained_audio(preset: str, dataset, progress: bool = True, train: bool = True) -> AudioConfig:
     """The audio encoder every method of a preset starts from.
 
     "paper": HuBERT-base from the hub (or a local copy). "smoke"/"default": the
     kit's small HuBERT, pretrained once on the dataset's training audio to recognise
     phonemes (`audio.pretrain_on_phonemes`), stored under runs/ and shared by all methods.
+    train=False: the config only (its folder may not exist yet); `dataset` then needs only its key.
     """
     if preset == "paper":
         return AudioConfig.paper()
     base = AudioConfig.smoke() if preset == "smoke" else AudioConfig.default()
     epochs = PRETRAIN_EPOCHS[preset]
     out = runs_dir() / f"audio-pretrain-{preset}-{config_hash(config_dict(base), dataset_key(dataset), epochs)}"
-    pretrain_on_phonemes(dataset, base, out, epochs=epochs, progress=progress)
+    if train:
+        pretrain_on_phonemes(dataset, base, out, epochs=epochs, progress=progress)
     return replace(base, pretrained=str(out), freeze_feature_encoder=True)
 
 
-def memorytalker(preset: str, dataset, progress: bool = True, epochs: int | None = None, **model_kw) -> Recipe:
+def memorytalker(preset: str, dataset, progress: bool = True, epochs: int | None = None, pretrain: bool = True,
+                 **model_kw) -> Recipe:
     """MemoryTalker's recipe for a preset ("smoke", "default", "paper"); model_kw override ModelConfig fields.
 
     epochs: a different total budget (split evenly between the stages), e.g. for ablation sweeps.
-    Building the recipe for "smoke"/"default" runs the shared audio pretraining once if needed.
+    Building the recipe for "smoke"/"default" runs the shared audio pretraining once if needed;
+    pretrain=False leaves that for later (the recipe's `identity` does not need it).
     """
     if preset not in ("smoke", "default", "paper"):
         raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
     check_dataset(dataset, preset if "audio" not in model_kw else "paper")
     V3 = dataset.template.V * 3
     if preset in ("smoke", "default") and "audio" not in model_kw:
-        model_kw["audio"] = pretrained_audio(preset, dataset, progress)
-    model_kw.setdefault("motion_scale", round(motion_scale(dataset.sequences("train")), 6))
+        model_kw["audio"] = pretrained_audio(preset, dataset, progress, train=pretrain)
+    if "motion_scale" not in model_kw:
+        model_kw["motion_scale"] = round(motion_scale(dataset.sequences("train")), 6)
     if preset in ("smoke", "default"):
         # the preset's budget, split evenly between the stages; stage 2 at half the learning rate (as released)
         e = epochs or budget(preset)["epochs"]
@@ -202,8 +224,9 @@ def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2))
 
 
 def stage1_model(recipe: Recipe, dataset, trained: dict) -> MemoryTalker:
-    """A second model object holding the stage-1 weights (for side-by-side comparisons)."""
-    m = build(recipe, dataset)
+    """A second model object holding the stage-1 weights (for side-by-side comparisons).
+    A model loaded from a folder (`trained["model_folder"]`, e.g. the shipped one) is rebuilt from it."""
+    m = MemoryTalker.from_pretrained(trained["model_folder"]) if "model_folder" in trained else build(recipe, dataset)
     m.load_state_dict(trained["stage1_state"])
     return m.eval()
 

@@ -46,7 +46,8 @@ class TrainConfig(Config):
     triplets: str = "sampled"             # stage 2: "sampled" (released: a positive and a negative per clip,
                                           # 3 style-encoder passes) or "in_batch" (batches of speaker pairs)
     cache: bool = True                    # keep materialised clips in memory (SynthVOCA fits easily)
-    bucket: bool = True                   # batches of clips of similar length (`length_batches`): less padding
+    bucket: bool = False                  # batches of clips of similar length (`length_batches`): less padding,
+                                          # but not exact (see docs/performance.md), so off by default
     normalize_loss: bool = True           # divide the loss by motion_scale^2 before backward (see `loss_scale`)
 
     @classmethod
