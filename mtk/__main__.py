@@ -173,7 +173,7 @@ def main(argv=None) -> None:
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")
     p.add_argument("--cell-timeout", type=int, default=None,
                    help="seconds one cell may run before reproduce stops with an error (default: no limit; "
-                        "notebook 04 trains nine models in one cell, about 95 min on 2 cores)")
+                        "notebook 04 trains nine models in one cell, about 23 min on 2 cores)")
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser("strip-notebooks", help="clear notebook outputs")
     p.add_argument("paths", nargs="*")

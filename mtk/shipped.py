@@ -118,7 +118,7 @@ def load_or_train(preset: str, progress: bool = True) -> tuple[MemoryTalker, dic
     f, why = check(preset)
     if f is not None:
         return load(preset)
-    estimate = {"smoke": "about a minute", "default": "about 5-10 minutes on 2 CPU cores"}.get(preset, "a while")
+    estimate = {"smoke": "about a minute", "default": "about 6 minutes on 2 CPU cores"}.get(preset, "a while")
     print(f"{why}: training the {preset} MemoryTalker here first ({estimate}: SynthVOCA, the speech encoder's "
           "phoneme pretraining, then both stages; later calls load it).", flush=True)
     from .data import load_dataset
