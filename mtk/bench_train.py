@@ -170,6 +170,8 @@ def bench_profile(argv: Seq[str] = ()) -> int:
     dataset = Subset(load_dataset(args.preset, progress=False), args.per_speaker)
     recipe = _recipe(args.method, dataset, args.preset)
     cfg = recipe.stage1 if args.stage == 1 else recipe.stage2
+    if args.stage not in (1, 2) or cfg is None:
+        p.error(f"{args.method} has no training stage {args.stage}; its stages: {stages(args.method, dataset, args.preset)}")
     model = recipes.build(recipe, dataset)
     set_speedups(model, not args.off)
     train = dataset.sequences("train")

@@ -145,6 +145,15 @@ def test_bench_train_rejects_unknown_methods():
         main(["train", "--methods", "facefromer"])
 
 
+def test_bench_profile_names_the_stages(capsys):
+    from mtk.bench import main
+    with pytest.raises(SystemExit):
+        main(["profile", "faceformer", "2", "--preset", "smoke"])
+    assert "faceformer has no training stage 2; its stages: [1]" in capsys.readouterr().err
+    assert main(["profile", "faceformer", "1", "--preset", "smoke", "--per-speaker", "2", "--ops", "3"]) == 0
+    assert "backward" in capsys.readouterr().out
+
+
 def test_style_encoder_mel_cache_is_exact():
     from mtk.stylize import StyleConfig, StyleEncoder
     audio, lens, _ = _clips()
