@@ -136,15 +136,6 @@ def test_same_seed_same_weights_and_resume(smoke_ds, tmp_path):
     assert all(torch.allclose(a[k], c[k]) for k in a)
 
 
-@pytest.fixture(scope="module")
-def trained(smoke_ds):
-    """The smoke recipe trained for one batch per epoch (both stages): (recipe, model, out)."""
-    r = recipes.memorytalker("smoke", smoke_ds, progress=False)
-    r.stage1.max_batches = r.stage2.max_batches = 1
-    model, out = recipes.load_or_train(r, smoke_ds, progress=False)
-    return r, model, out
-
-
 def test_checkpoint_roundtrip_is_bit_identical(smoke_ds, trained, batch):
     """Decision: a model trained and then used, and the same run loaded from its checkpoint, are bit-identical:
     the same weights, the same requires_grad flags and the same predictions (torch.equal, no tolerance).

@@ -25,17 +25,10 @@ def test_the_shipped_default_model_is_the_codes_default_recipe():
     assert sum(f.stat().st_size for f in folder.iterdir()) < 20e6
 
 
-@pytest.fixture(scope="module")
-def run(smoke_ds):
-    r = recipes.memorytalker("smoke", smoke_ds, progress=False)
-    r.stage1.max_batches = r.stage2.max_batches = 1
-    model, out = recipes.load_or_train(r, smoke_ds, progress=False)
-    return r, model, out
-
-
 @pytest.fixture
-def shipped_dir(tmp_path, monkeypatch, run, smoke_ds):
-    r, _, out = run
+def shipped_dir(tmp_path, monkeypatch, trained, smoke_ds):
+    """The smoke run of `trained` (conftest: one batch per epoch) shipped into a temporary package folder."""
+    r, _, out = trained
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "pretrained")
     shipped.ship("smoke", out["run_dir"], out, r, smoke_ds)
     return tmp_path / "pretrained" / "memorytalker-smoke"
@@ -48,19 +41,19 @@ def _match_code(folder):
     (folder / "recipe.json").write_text(json.dumps(rec))
 
 
-def test_shipped_model_loads_as_trained(run, shipped_dir, smoke_ds):
-    r, model, out = run
+def test_shipped_model_loads_as_trained(trained, shipped_dir, smoke_ds):
+    r, model, out = trained
     _match_code(shipped_dir)
-    loaded, trained = shipped.load("smoke")
+    loaded, from_shipped = shipped.load("smoke")
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
     for k, v in out["stage1_state"].items():
-        assert torch.equal(v, trained["stage1_state"][k]), k
-    st1 = recipes.stage1_model(r, smoke_ds, trained)
+        assert torch.equal(v, from_shipped["stage1_state"][k]), k
+    st1 = recipes.stage1_model(r, smoke_ds, from_shipped)
     batch = collate([FaceDataset(smoke_ds.sequences("test")[:2], 3)[i] for i in range(2)])
     ref = recipes.stage1_model(r, smoke_ds, out).predict_batch(batch, stage=1)
     assert torch.equal(st1.predict_batch(batch, stage=1), ref)
-    assert trained["history2"] == json.loads(json.dumps(out["history2"]))
+    assert from_shipped["history2"] == json.loads(json.dumps(out["history2"]))
 
 
 def test_load_or_train_uses_the_shipped_model_without_training(shipped_dir, tmp_path, monkeypatch):
