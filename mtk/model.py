@@ -190,6 +190,12 @@ class MemoryTalker(nn.Module):
         model.load_state_dict(weights)
         return model.to(device).eval()
 
+    def prepare_stage(self, stage: int, train: list) -> None:
+        """Called by `train.fit` before a stage's first epoch: stage 2 with `StyleConfig.mel_norm == "dataset"`
+        takes the per-bin log-mel statistics of the training clips (`StyleEncoder.fit_mel_stats`)."""
+        if stage == 2 and self.cfg.style.mel_norm == "dataset":
+            self.style_encoder.fit_mel_stats([torch.as_tensor(s.audio()) for s in train])
+
     # ------------------------------------------------------------------ pieces
     def text_representation(self, audio, audio_lengths, n_frames):
         """-> logits (B, T, n) and f_txt (B, T, c)."""

@@ -7,6 +7,16 @@ memory slot. The memory is re-weighted slot by slot,
     w_s = sigmoid(f_s) * psi(f_s)             (Eq. 15; psi: Linear(n -> 1), no bias)
     M~  = diag(w_s) M_m                       (Eq. 14; per sample: (B, n, c))
 
+A second, documented form (`StyleConfig.weights = "residual"`, `docs/deviations.md`) starts
+stage 2 exactly where stage 1 ended and keeps every slot weight in (0, 2):
+
+    w_s = 1 + tanh(f_s) * tanh(psi(f_s))      (psi zero-initialised, so w_s = 1 at the first step)
+
+The released form starts wherever the random encoder puts it (|f_s| ~ 100 on raw dB log-mels, so
+the gates are saturated and w_s scales the memory by tens) and is unbounded: the triplet loss is
+met by growing f_s, and w_s grows with it. `StyleConfig.mel_norm = "dataset"` standardises the
+log-mel per bin by the training set's mean and std (AdaIN-VC's own pipeline normalises its mels).
+
 and read with the same key address as in stage 1, so the recalled motion carries
 the speaker's style with no speaker ID and no reference mesh. E_s is trained with
 a triplet loss (Eq. 13) on f_s through a small MLP: the anchor and a positive from
@@ -44,6 +54,17 @@ class StyleConfig(Config):
     kernel_size: int = 5
     out_dim: int = 256
     triplet_margin: float = 1.0    # released code default (README: 5.0)
+    # how stage 2 starts (`docs/deviations.md`); the released form is the default until an ablation with
+    # seeds says otherwise (notebook 05)
+    mel_norm: str = "clip"         # "clip": dB log-mel of the clip's normalised waveform (released);
+                                   # "dataset": then standardised per mel bin by the training set's statistics
+    weights: str = "released"      # "released": Eq. 15; "residual": 1 + tanh(f_s) tanh(psi(f_s)), psi = 0 at start
+
+    def __post_init__(self):
+        if self.mel_norm not in ("clip", "dataset"):
+            raise ValueError(f"StyleConfig.mel_norm: expected 'clip' or 'dataset', got {self.mel_norm!r}")
+        if self.weights not in ("released", "residual"):
+            raise ValueError(f"StyleConfig.weights: expected 'released' or 'residual', got {self.weights!r}")
 
     @classmethod
     def default(cls) -> "StyleConfig":
@@ -167,6 +188,11 @@ class StyleEncoder(nn.Module):
         self.encoder = SpeakerEncoder(self.cfg)
         self.to_style = nn.Linear(self.cfg.out_dim, n_slots)                       # psi' (merged, as released)
         self.to_scale = nn.Linear(n_slots, 1, bias=False)                          # psi_{->1}
+        if self.cfg.weights == "residual":
+            nn.init.zeros_(self.to_scale.weight)                                   # w_s = 1 at the start
+        # per-bin log-mel statistics of the training set (`fit_mel_stats`; used when mel_norm == "dataset")
+        self.register_buffer("mel_mean", torch.zeros(self.cfg.n_mels, 1))
+        self.register_buffer("mel_std", torch.ones(self.cfg.n_mels, 1))
         self.style_mlp = nn.Sequential(nn.Linear(n_slots, n_slots), nn.ReLU(), nn.Linear(n_slots, n_slots))
         self._mel_cache: dict = {}
         self.set_speedups(True)
@@ -188,11 +214,23 @@ class StyleEncoder(nn.Module):
             if (hit := self._mel_cache.get(key)) is not None:
                 return hit
         mel = self.logmel(normalize_waveform(wave[None], torch.tensor([len(wave)], device=wave.device)))
+        if self.cfg.mel_norm == "dataset":
+            mel = (mel - self.mel_mean) / self.mel_std
         if key is not None:
             if len(self._mel_cache) >= self.CACHE_CLIPS:
                 self._mel_cache.pop(next(iter(self._mel_cache)))
             self._mel_cache[key] = mel
         return mel
+
+    @torch.no_grad()
+    def fit_mel_stats(self, waves: list[torch.Tensor]) -> None:
+        """Per-bin mean and std (n_mels, 1) of the log-mels of `waves` (raw samples (N,) each, the training
+        clips), over all their frames; kept as buffers, so they travel with the weights."""
+        mels = [self.logmel(normalize_waveform(w[None].float(), torch.tensor([len(w)])))[0] for w in waves]
+        allm = torch.cat(mels, dim=1).double()                                    # (n_mels, all frames)
+        self.mel_mean.copy_(allm.mean(1, keepdim=True).float())
+        self.mel_std.copy_(allm.std(1, keepdim=True).clamp(min=1e-3).float())
+        self._mel_cache.clear()
 
     def set_speedups(self, on: bool) -> "StyleEncoder":
         """True: log-mels cached per clip (exact). False: recomputed every time (`python -m mtk.bench train`)."""
@@ -201,11 +239,22 @@ class StyleEncoder(nn.Module):
         return self
 
     def weights(self, f_s: torch.Tensor) -> torch.Tensor:
-        """Eq. 15: w_s = sigmoid(f_s) * psi(f_s), (B, n)."""
-        return torch.sigmoid(f_s) * self.to_scale(f_s)
+        """f_s (B, n) -> w_s (B, n): Eq. 15 or the residual form (`slot_weights`)."""
+        return slot_weights(f_s, self.to_scale, self.cfg.weights)
 
     def embed(self, f_s: torch.Tensor) -> torch.Tensor:
         return self.style_mlp(f_s)
+
+
+def slot_weights(f_s: torch.Tensor, psi: nn.Linear, form: str = "released") -> torch.Tensor:
+    """f_s (B, n) -> w_s (B, n).
+
+    "released" (Eq. 15):  w_s = sigmoid(f_s) * psi(f_s)             psi: Linear(n -> 1), no bias
+    "residual":           w_s = 1 + tanh(f_s) * tanh(psi(f_s))      in (0, 2); 1 when psi = 0
+    """
+    if form == "released":
+        return torch.sigmoid(f_s) * psi(f_s)
+    return 1.0 + torch.tanh(f_s) * torch.tanh(psi(f_s))
 
 
 def stylize_memory(M: torch.Tensor, w_s: torch.Tensor) -> torch.Tensor:

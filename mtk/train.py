@@ -309,6 +309,8 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                 print(f"resuming {ckpt.name} at epoch {start + 1}/{cfg.epochs}")
         if start == 0:
             seed_everything(cfg.seed)
+            if hasattr(model, "prepare_stage"):
+                model.prepare_stage(cfg.stage, train)
         base = FaceDataset(train, n_train_speakers, cache=cfg.cache)
         sampled = cfg.stage == 2 and cfg.triplets == "sampled" and getattr(model, "cfg", None) is not None \
             and getattr(model.cfg, "use_memory", False)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import torch
 import torch.nn as nn
 
+from .stylize import slot_weights
 from .model import MemoryTalker
 from .recipes import Recipe, budget, memorytalker, train_config
 
@@ -23,14 +23,17 @@ from .recipes import Recipe, budget, memorytalker, train_config
 class OracleStyle(nn.Module):
     """f_s = MLP(true style vector) (B, n); `weights` and `embed` as the audio style encoder's."""
 
-    def __init__(self, style_dim: int, n_slots: int, hidden: int = 64):
+    def __init__(self, style_dim: int, n_slots: int, hidden: int = 64, form: str = "released"):
         super().__init__()
+        self.form = form
         self.net = nn.Sequential(nn.Linear(style_dim, hidden), nn.ReLU(), nn.Linear(hidden, n_slots))
         self.to_scale = nn.Linear(n_slots, 1, bias=False)
+        if form == "residual":
+            nn.init.zeros_(self.to_scale.weight)
         self.style_mlp = nn.Sequential(nn.Linear(n_slots, n_slots), nn.ReLU(), nn.Linear(n_slots, n_slots))
 
     def weights(self, f_s):
-        return torch.sigmoid(f_s) * self.to_scale(f_s)
+        return slot_weights(f_s, self.to_scale, self.form)
 
     def embed(self, f_s):
         return self.style_mlp(f_s)
@@ -43,7 +46,7 @@ class OracleStyleTalker(MemoryTalker):
     def from_dataset(cls, cfg, dataset):
         style_dim = len(dataset.style(dataset.train_subjects[0]))
         m = cls(cfg, dataset.template.mask("lips"), template=dataset.template)
-        m.style_encoder = OracleStyle(style_dim, cfg.n_slots)
+        m.style_encoder = OracleStyle(style_dim, cfg.n_slots, form=cfg.style.weights)
         return m
 
     def batch_style(self, batch: dict):

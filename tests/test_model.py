@@ -414,3 +414,48 @@ def test_style_encoder_conv_bank_reflect_pads_each_kernel():
         out = _conv_bank(x, enc.bank)
         assert out.shape == (2, 64 * 8 + 80, frames)
         assert torch.allclose(out, ref, atol=1e-6)
+
+
+def test_residual_style_starts_exactly_at_stage_1_and_stays_bounded(smoke_ds, batch):
+    """StyleConfig(weights="residual"): w_s = 1 at the first stage-2 step, so stage 2 predicts exactly what
+    stage 1 did; the released Eq. 15 does not (control). Every residual weight stays in (0, 2)."""
+    from dataclasses import replace
+    from mtk.stylize import StyleConfig, slot_weights
+    cfg = ModelConfig.smoke(smoke_ds.template.V * 3)
+    args = (batch["audio"], batch["audio_mask"].sum(1), batch["n_frames"], batch["template"])
+    preds = {}
+    for form in ("released", "residual"):
+        torch.manual_seed(0)
+        m = MemoryTalker(replace(cfg, style=replace(cfg.style, weights=form, mel_norm="dataset")),
+                         smoke_ds.template.mask("lips"))
+        torch.nn.init.normal_(m.out.weight, std=0.02)          # so the prediction depends on the memory read
+        m.prepare_stage(2, smoke_ds.sequences("train"))
+        m.eval()
+        preds[form] = (m.predict(*args, stage=1), m.predict(*args, stage=2))
+    assert torch.equal(*preds["residual"])
+    assert not torch.allclose(*preds["released"], atol=1e-4)
+    psi = torch.nn.Linear(16, 1, bias=False)
+    torch.nn.init.normal_(psi.weight, std=10.0)
+    f = 1e4 * torch.randn(64, 16)
+    with torch.no_grad():
+        w = slot_weights(f, psi, "residual")
+        assert float(w.min()) >= 0 and float(w.max()) <= 2
+        assert float(slot_weights(f, psi, "released").abs().max()) > 100      # Eq. 15 is unbounded
+    with pytest.raises(ValueError, match="weights.*'released' or 'residual'.*'sigmoid'"):
+        StyleConfig(weights="sigmoid")
+
+
+def test_dataset_mel_norm_standardises_the_training_clips(smoke_ds):
+    """StyleConfig(mel_norm="dataset"): after stage 2's preparation the training clips' log-mels have zero
+    mean and unit std in every bin; the statistics are buffers, so they travel with the weights."""
+    from dataclasses import replace
+    from mtk.stylize import StyleEncoder, StyleConfig
+    enc = StyleEncoder(8, replace(StyleConfig.smoke(), mel_norm="dataset"))
+    train = smoke_ds.sequences("train")
+    raw = torch.cat([enc.clip_mel(torch.as_tensor(s.audio()))[0] for s in train], 1)
+    assert float(raw.std(1).min()) > 3                                  # dB log-mels: far from standardised
+    enc.fit_mel_stats([torch.as_tensor(s.audio()) for s in train])
+    mels = torch.cat([enc.clip_mel(torch.as_tensor(s.audio()))[0] for s in train], 1)   # (n_mels, frames)
+    assert torch.allclose(mels.mean(1), torch.zeros(mels.shape[0]), atol=1e-3)
+    assert torch.allclose(mels.std(1), torch.ones(mels.shape[0]), atol=1e-3)
+    assert {"mel_mean", "mel_std"} <= set(enc.state_dict())
