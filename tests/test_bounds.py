@@ -1,0 +1,49 @@
+"""The task's exact bounds (`mtk.bounds`): checked against a brute-force computation in vertex space."""
+import numpy as np
+import pytest
+
+from mtk import bounds, metrics
+
+
+def test_clip_bounds_equal_brute_force_scores_of_the_mean_prediction(smoke_ds):
+    """The Gram-matrix shortcut (errors in basis-weight space) gives exactly what `metrics.fve` / `lve` give
+    for the mean prediction built vertex by vertex, for every bound."""
+    s = smoke_ds.sequences("test")[0]
+    lips = smoke_ds.template.mask("lips")
+    for b in bounds.BOUNDS:
+        pred = bounds.prediction(smoke_ds, s.name, b, n_draws=6, seed=3)                  # (T, V, 3)
+        assert pred.shape == s.vertices().shape
+        cb = bounds.clip_bounds(smoke_ds, s.name, n_draws=6, seed=3, bounds=(b,), correct=False)
+        assert cb.sq_fve[b] / cb.frames == pytest.approx(metrics.fve(pred, s.vertices()), rel=1e-6)
+        assert cb.sq_lve[b] / cb.frames == pytest.approx(metrics.lve(pred, s.vertices(), lips), rel=1e-6)
+
+
+def test_monte_carlo_correction_removes_the_few_draws_bias(smoke_ds):
+    """The plain error of an N-draw mean is biased up by s^2 / N; corrected, 4 draws agree with 200."""
+    s = smoke_ds.sequences("test")[0]
+    many = bounds.clip_bounds(smoke_ds, s.name, n_draws=200, seed=1, bounds=("floor",))
+    few = [bounds.clip_bounds(smoke_ds, s.name, n_draws=4, seed=k, bounds=("floor",), correct=c).sq_fve["floor"]
+           for c in (True, False) for k in range(40)]
+    corrected, plain = np.mean(few[:40]), np.mean(few[40:])
+    ref = many.sq_fve["floor"]
+    assert abs(corrected - ref) < 0.1 * ref
+    assert plain > 1.15 * ref                       # about 1 + 1/4 times the floor: the bias is real
+
+
+def test_bounds_are_ordered_and_in_paper_units(smoke_ds):
+    rows = bounds.bounds(smoke_ds, "test", n_draws=16)
+    speakers = {r["speaker"] for r in rows}
+    assert speakers == {s.subject for s in smoke_ds.sequences("test")} | {"all"}
+    for spk in speakers:
+        fve = {r["bound"]: r["fve"] for r in rows if r["speaker"] == spk}
+        assert 0 < fve["floor"] < fve["audible"] <= fve["style_blind"] * 1.05, (spk, fve)
+    overall = {r["bound"]: r for r in rows if r["speaker"] == "all"}
+    assert overall["floor"]["fve"] < overall["style_blind"]["fve"]
+    assert 0.01 < overall["style_blind"]["fve"] < 100       # x1e-6 m^2: a plausible size, not raw metres
+
+
+def test_bounds_refuse_data_without_a_known_law():
+    with pytest.raises(TypeError, match="SynthVOCA"):
+        bounds.bounds(object())
+    with pytest.raises(ValueError, match="n_draws"):
+        bounds.clip_bounds(None, "x", n_draws=1)
