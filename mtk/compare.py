@@ -14,7 +14,12 @@ How each method meets an unseen speaker (the paper's point is how style is handl
     ScanTalk        none (the identity is the mesh)                -
     UniTalker       per-identity embedding; a shared pivot identity for unseen speakers
     no memory       MemoryTalker without the memory (the ablation row)
-    oracle style    MemoryTalker whose stage 2 is given the true style (SynthVOCA only): a ceiling
+
+MemoryTalker and its no-memory ablation are trained with `seeds` seeds (initialisation and data order) and
+reported as mean ± sample std; MemoryTalker's stage-1 model gets its own row. Reference rows frame the
+table (SynthVOCA only): the task's exact bounds (`mtk.bounds`: the best possible prediction knowing the
+true style, only its audible part, or nothing of it) and the ceiling (`mtk.ceiling`: the frozen stage-1
+model with its memory's style fitted on each test speaker's reference sentences).
 
 The one-hot methods' fixed condition is training speaker 2, as Imitator's tests and the
 FaceFormer/CodeTalker demos use `FaceTalk_170725_00137_TA` (index 2).
@@ -22,7 +27,7 @@ FaceFormer/CodeTalker demos use `FaceTalk_170725_00137_TA` (index 2).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -53,9 +58,16 @@ METHODS = {
     "ScanTalk": ("none (topology-agnostic)", lambda p, d: _baseline("scantalk", p, d)),
     "UniTalker": ("identity embedding, pivot for unseen", lambda p, d: _baseline("unitalker", p, d)),
     "MemoryTalker w/o memory": ("none (ablation)", lambda p, d: _variant("no_memory", p, d)),
-    "MemoryTalker, oracle style": ("true style vector (upper bound)", lambda p, d: _variant("oracle_style", p, d)),
 }
 ONE_HOT = {"FaceFormer", "CodeTalker"}
+SEEDED = {"MemoryTalker", "MemoryTalker w/o memory"}      # trained with `run(seeds=...)` seeds
+STAGE1_ROW = "MemoryTalker, stage 1 only"
+CEILING_ROWS = {
+    # mtk.ceiling kind: (row name, what it is given)
+    "slots": ("ceiling: slot weights fitted", "w_s fitted on the speaker's reference meshes"),
+    "gain": ("ceiling: memory gain fitted", "one gain fitted on the speaker's reference meshes"),
+    "memory": ("ceiling: speaker memory fitted", "M + Delta fitted on the speaker's reference meshes"),
+}
 
 
 def _baseline(name, preset, dataset):
@@ -79,12 +91,20 @@ class MethodResult:
     fixed: object | None = None       # one-hot methods: the fixed condition's EvalResult
     extra_seconds: float = 0.0        # e.g. Imitator's test-time adaptation
     model: object = field(default=None, repr=False)
+    per_seed: list = field(default_factory=list)          # seeded rows: an EvalResult per seed (seed 0 first)
 
     def averaged(self) -> dict:
-        """Metrics (raw SI) averaged over conditions for one-hot methods, else the method's own."""
-        if not self.per_condition:
+        """Metrics (raw SI): the mean over conditions (one-hot methods) or over seeds, else the method's own."""
+        many = self.per_condition or self.per_seed
+        if not many:
             return dict(self.result.metrics)
-        return {k: float(np.mean([r.metrics[k] for r in self.per_condition])) for k in self.result.metrics}
+        return {k: float(np.mean([r.metrics[k] for r in many])) for k in self.result.metrics}
+
+    def seed_std(self) -> dict:
+        """Sample std (ddof 1) over seeds of each metric (raw SI); empty with fewer than 2 seeds."""
+        if len(self.per_seed) < 2:
+            return {}
+        return {k: float(np.std([r.metrics[k] for r in self.per_seed], ddof=1)) for k in self.result.metrics}
 
 
 def inference_params(model) -> int:
@@ -94,17 +114,35 @@ def inference_params(model) -> int:
                if not (type(model).__name__ == "SelfTalk" and n.startswith(skip)))
 
 
-def run(preset: str, dataset, methods=None, progress: bool = True) -> list[MethodResult]:
-    """Train (or load) and evaluate every method; returns one MethodResult each, in METHODS order."""
+def seeded(recipe, seed: int):
+    """The recipe trained with another seed (initialisation and data order, both stages); seed 0 is the recipe."""
+    if seed == 0:
+        return recipe
+    return replace(recipe, name=f"{recipe.name}-seed{seed}", stage1=replace(recipe.stage1, seed=seed),
+                   stage2=recipe.stage2 and replace(recipe.stage2, seed=seed))
+
+
+def run(preset: str, dataset, methods=None, progress: bool = True, seeds: int = 1,
+        ceiling: bool = False) -> list[MethodResult]:
+    """Train (or load) and evaluate every method; returns one MethodResult each, in METHODS order.
+
+    seeds: how many seeds the `SEEDED` methods are trained with (the others: one). MemoryTalker also gives
+    its stage-1 row (`STAGE1_ROW`). ceiling: add the `CEILING_ROWS` (`mtk.ceiling`, fitted on each seed's
+    stage-1 model; SynthVOCA or any dataset with reference sentences)."""
+    if seeds < 1:
+        raise ValueError(f"seeds = {seeds}: expected at least 1")
     out = []
     for name in methods or METHODS:
         style, make = METHODS[name]
         t0 = time.time()
         recipe = make(preset, dataset)
+        if name in SEEDED:
+            out += _run_seeded(name, style, recipe, preset, dataset, seeds, ceiling, progress)
+            if progress:
+                print(f"{name}: {seeds} seed(s) done in {time.time() - t0:.0f} s", flush=True)
+            continue
         model, trained = recipes.load_or_train(recipe, dataset, progress=progress)
-        secs = sum(sum(trained.get(h, {}).get("seconds", [])) for h in ("history1", "history2"))
-        if getattr(recipe, "shares_stage1", None) is not None:      # the oracle shares MemoryTalker's stage 1
-            secs = sum(trained.get("history2", {}).get("seconds", []))
+        secs = _train_seconds(trained)
         stage = getattr(model, "n_stages", 1) if getattr(getattr(model, "cfg", None), "use_memory", True) else 1
         extra = 0.0
         if name == "Imitator":
@@ -127,6 +165,43 @@ def run(preset: str, dataset, methods=None, progress: bool = True) -> list[Metho
     return out
 
 
+def _train_seconds(trained: dict) -> float:
+    return sum(sum(trained.get(h, {}).get("seconds", [])) for h in ("history1", "history2"))
+
+
+def _run_seeded(name, style, recipe, preset, dataset, seeds, with_ceiling, progress) -> list[MethodResult]:
+    """A SEEDED method's rows: its own (and for a two-stage model the stage-1 row and the ceiling rows)."""
+    from . import ceiling
+    two_stage = recipe.stage2 is not None
+    res = {"main": [], "stage1": [], **{k: [] for k in CEILING_ROWS}}
+    secs = {k: [] for k in res}
+    model = None
+    for s in range(seeds):
+        r = seeded(recipe, s)
+        m, trained = recipes.load_or_train(r, dataset, progress=progress)
+        model = model or m
+        res["main"].append(recipes.evaluate(m, dataset, "test", stage=2 if two_stage else 1))
+        secs["main"].append(_train_seconds(trained))
+        if two_stage:
+            st1 = recipes.stage1_model(r, dataset, trained)
+            res["stage1"].append(recipes.evaluate(st1, dataset, "test", stage=1))
+            secs["stage1"].append(sum(trained["history1"].get("seconds", [])))
+            if with_ceiling:
+                cfg = getattr(ceiling.CeilingConfig, preset if preset in ("smoke", "paper") else "default")()
+                for kind in CEILING_ROWS:
+                    t0 = time.time()
+                    res[kind].append(ceiling.evaluate(st1, dataset, "test", kinds=(kind,), cfg=cfg)[kind])
+                    secs[kind].append(secs["stage1"][-1] + time.time() - t0)
+    params = inference_params(model)
+    rows = [(name, style, "main")]
+    if two_stage:
+        rows.append((STAGE1_ROW, "none (the memory as stage 1 left it)", "stage1"))
+        if with_ceiling:
+            rows += [(n, st, k) for k, (n, st) in CEILING_ROWS.items()]
+    return [MethodResult(n, st, params, float(np.mean(secs[k])), res[k][0], per_seed=res[k],
+                         model=model if k == "main" else None) for n, st, k in rows]
+
+
 def table(results: list[MethodResult]) -> list[dict]:
     """Rows of the comparison in the paper's units, one-hot methods twice (averaged and fixed condition)."""
     rows = []
@@ -141,8 +216,36 @@ def table(results: list[MethodResult]) -> list[dict]:
                    "train_s": r.train_seconds + r.extra_seconds}
             row.update({k: m[k] / PAPER_UNITS[k] for k in TABLE_METRICS})
             row["abs_fdd"] = m["abs_fdd"] / PAPER_UNITS["abs_fdd"] if "abs_fdd" in m else float("nan")
+            std = r.seed_std() if not suffix else {}
+            row["seeds"] = len(r.per_seed) or 1
+            row.update({f"{k}_std": std[k] / PAPER_UNITS[k] if k in std else float("nan") for k in TABLE_METRICS})
             rows.append(row)
     return rows
+
+
+BOUND_ROWS = {
+    # bound (mtk.bounds): (row name, what the prediction knows)
+    "floor": ("bound: floor (true style)", "phonemes + the speaker's true style"),
+    "audible": ("bound: audible style only", "phonemes + the audible style factors"),
+    "style_blind": ("bound: style-blind", "phonemes only"),
+}
+
+
+def bound_rows(dataset, split: str = "test", n_draws: int = 128) -> list[dict]:
+    """Table rows of the task's exact bounds (`mtk.bounds`, SynthVOCA only): FVE and LVE of the best possible
+    prediction given what it knows; the other metrics are not bounded this way and are NaN."""
+    from . import bounds
+    out = []
+    for r in bounds.bounds(dataset, split, n_draws=n_draws):
+        if r["speaker"] != "all":
+            continue
+        name, knows = BOUND_ROWS[r["bound"]]
+        row = {"method": name, "style": knows, "params_M": float("nan"), "train_s": float("nan")}
+        row.update({k: float("nan") for k in TABLE_METRICS})
+        row.update(fve=r["fve"], lve=r["lve"], abs_fdd=float("nan"), seeds=0)     # 0: computed, not trained
+        row.update({f"{k}_std": float("nan") for k in TABLE_METRICS})
+        out.append(row)
+    return out
 
 
 def condition_spread(result: MethodResult) -> dict:
@@ -185,14 +288,81 @@ def ordering_statement(rows: list[dict]) -> str:
             f"table is {o['rho']:+.2f} (Spearman, mean over the five metrics).")
 
 
+def _fmt(v, spec: str) -> str:
+    """A number for a table; a NaN (not measured for this row) as a dash."""
+    return "–" if isinstance(v, float) and np.isnan(v) else format(v, spec)
+
+
+def verdict(diff: float, spread: float) -> str:
+    """A difference (lower is better: diff < 0 means the claim's side is better) read against a spread
+    (two standard deviations): "held", "not held" (the other side is better beyond it) or "not resolved"."""
+    if not np.isfinite(spread):
+        return "not resolved"
+    return "held" if diff < -spread else "not held" if diff > spread else "not resolved"
+
+
+def paired_difference(a: MethodResult, b: MethodResult, metric: str = "fve") -> dict:
+    """a minus b per seed (same seeds: e.g. stage 2 and stage 1 of the same runs), in paper units:
+    {"mean", "std" (sample, nan for one seed), "per_seed", "verdict" of "a is lower than b"}."""
+    d = np.array([x.metrics[metric] - y.metrics[metric] for x, y in zip(a.per_seed, b.per_seed)]) / PAPER_UNITS[metric]
+    std = float(d.std(ddof=1)) if len(d) > 1 else float("nan")
+    return {"mean": float(d.mean()), "std": std, "per_seed": d.tolist(), "verdict": verdict(float(d.mean()), 2 * std)}
+
+
+def claims(results: list[MethodResult], rows: list[dict]) -> list[str]:
+    """The paper's claims read on this table, each held / not held / not resolved with its numbers.
+
+    Spreads: the seeded rows' sample std over seeds; a one-seed baseline is read against MemoryTalker's own
+    seed spread (its own is not measured), so "beyond 2 std" assumes a similar spread."""
+    by = {r.name: r for r in results}
+    row = {r["method"]: r for r in rows}
+    out = []
+    mt = by.get("MemoryTalker")
+    if mt is not None and STAGE1_ROW in by and len(mt.per_seed) > 1:
+        p = paired_difference(mt, by[STAGE1_ROW])
+        out.append(f"Stage 2 improves on stage 1 (FVE): {p['verdict']}: stage 2 minus stage 1 = {p['mean']:+.3f} ± "
+                   f"{p['std']:.3f} over {len(p['per_seed'])} seeds (per seed: "
+                   + ", ".join(f"{v:+.3f}" for v in p["per_seed"]) + "; x1e-6, paired by seed).")
+    nm = by.get("MemoryTalker w/o memory")
+    if STAGE1_ROW in by and nm is not None and len(nm.per_seed) > 1:
+        a, b = row[STAGE1_ROW], row["MemoryTalker w/o memory"]
+        spread = 2 * max(a["fve_std"], b["fve_std"])
+        out.append(f"The memory helps (stage 1 vs without memory, FVE): {verdict(a['fve'] - b['fve'], spread)}: "
+                   f"{a['fve']:.3f} ± {a['fve_std']:.3f} vs {b['fve']:.3f} ± {b['fve_std']:.3f} (x1e-6).")
+    if mt is not None:
+        o = ordering(rows)
+        base = [n for n in o["methods"] if n != "MemoryTalker"]
+        if base:
+            r = row["MemoryTalker"]
+            for k in TABLE_METRICS:
+                best = min(base, key=lambda n: _mean_row(row, n)[k])
+                b = _mean_row(row, best)
+                std = r.get(f"{k}_std", float("nan"))
+                out.append(f"MemoryTalker beats every baseline on {k.upper() if k != 'lip_max' else 'Lip-max'}: "
+                           f"{verdict(r[k] - b[k], 2 * std)}: {r[k]:.3f} ± {std:.3f} vs the best baseline, "
+                           f"{best}, {b[k]:.3f} (x{PAPER_UNITS[k]:g}; MemoryTalker's seed std as the yardstick).")
+    return out
+
+
+def _mean_row(row: dict, name: str) -> dict:
+    """A method's row as `ordering` reads it (one-hot methods: the mean over conditions)."""
+    return next(v for k, v in row.items() if k.split(" (")[0] == name and (name not in ONE_HOT or "mean of" in k))
+
+
 def to_markdown(rows: list[dict], with_paper: bool = True) -> str:
+    """The table in Markdown; a seeded row shows mean ± sample std over its seeds, a NaN a dash."""
     cols = ["fve", "lve", "fid", "ldtw", "lip_max", "abs_fdd"]
+
+    def cell(r, c):
+        std = r.get(f"{c}_std", float("nan"))
+        return _fmt(r[c], ".3f") + ("" if np.isnan(std) else f" ± {std:.3f}")
+
     head = ["method", "style at test time", "params (M)", "train (s)"] + \
            [f"{c.upper() if c != 'lip_max' else 'Lip-max'} (x{PAPER_UNITS[c]:g})" for c in cols]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join([r["method"], r["style"], f"{r['params_M']:.2f}", f"{r['train_s']:.0f}"]
-                                      + [f"{r[c]:.3f}" for c in cols]) + " |")
+        lines.append("| " + " | ".join([r["method"], r["style"], _fmt(r["params_M"], ".2f"), _fmt(r["train_s"], ".0f")]
+                                      + [cell(r, c) for c in cols]) + " |")
     if with_paper:
         lines += ["", "Reported by the paper (VOCASET, VOCA-Test; not measured here):", "",
                   "| method | FVE (x1e-6) | LVE (x1e-5) | FID (x1e-1) | LDTW (x1e-5) | Lip-max (x1e-4) |",

@@ -17,7 +17,7 @@ What a `FaceDataset` item holds (one clip):
     speaker    int, index into the training speakers (-1 for unseen speakers)
     one_hot    (n_train,) float32 (all zeros for unseen speakers)
     phonemes   (T,) int64, index into `articulation.PHONEMES`, -1 where unknown
-    style      (S,) float32, the speaker's true style vector (SynthVOCA only; for oracle models)
+    style      (S,) float32, the speaker's true style vector (SynthVOCA only; for analysis)
     subject, sentence, name
 """
 from __future__ import annotations
@@ -173,7 +173,7 @@ class SynthVOCA:
         return next(s for s in self.speakers if s.name == subject)
 
     def style(self, subject: str) -> np.ndarray:
-        """The true style vector of a speaker (for oracle models and analysis)."""
+        """The true style vector of a speaker (for analysis: audibility, bounds)."""
         return self.speaker(subject).style_vector()
 
     def _npz(self, name: str):

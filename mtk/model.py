@@ -218,13 +218,17 @@ class MemoryTalker(nn.Module):
             return mse * k, vel * k
         return mse, vel
 
-    def decode(self, f_txt, f_mem, frame_mask, template):
-        """[f_txt ; f_mem] -> vertices (B, T, V*3). f_mem is None for the no-memory ablation."""
+    def decoder_output(self, f_txt, f_mem, frame_mask):
+        """[f_txt ; f_mem] -> the decoder's output y (B, T, c), before the output layer."""
         q = self.fusion(f_txt if f_mem is None else torch.cat([f_txt, f_mem], -1))
         q = self.ppe(q)
         T = q.shape[1]
         padding = None if bool(frame_mask.all()) else ~frame_mask     # no mask: PyTorch's fused attention path
-        y = self.decoder(q, f_txt, memory_mask=alignment_mask(T, q.device), tgt_key_padding_mask=padding)
+        return self.decoder(q, f_txt, memory_mask=alignment_mask(T, q.device), tgt_key_padding_mask=padding)
+
+    def decode(self, f_txt, f_mem, frame_mask, template):
+        """[f_txt ; f_mem] -> vertices (B, T, V*3). f_mem is None for the no-memory ablation."""
+        y = self.decoder_output(f_txt, f_mem, frame_mask)
         # vertices = template + out(y) * motion_scale, in one fused pass over the (B, T, V*3) output:
         # the scale is applied to y (B, T, c), not to the (V*3, c) weight, and the template rides in the bias
         # (measured faster, forward + backward, than F.linear over B*T frames followed by adding the template)

@@ -1,35 +1,11 @@
-"""The comparison harness and MemoryTalker's two reference variants (no memory, oracle style)."""
+"""The comparison harness: rows, seeds, reference rows (bounds, ceiling), claims, ordering."""
 import numpy as np
 import pytest
-import torch
 
 from mtk import compare, recipes, variants
-from mtk.data import FaceDataset, collate
 
 
-def test_oracle_style_reads_the_true_style(smoke_ds):
-    r = variants.oracle_style("smoke", smoke_ds)
-    torch.manual_seed(0)
-    m = recipes.build(r, smoke_ds).eval()
-    ds = FaceDataset(smoke_ds.sequences("test"), 3)
-    b = collate([ds[0], ds[1]])
-    assert "style" in b and b["style"].shape[0] == 2
-    f1, w1 = m.batch_style(b)
-    b2 = dict(b, style=b["style"] + 1.0)
-    f2, w2 = m.batch_style(b2)
-    assert not torch.allclose(w1, w2)                     # the slot weights follow the true style
-    with pytest.raises(ValueError, match="true style"):
-        m.batch_style({k: v for k, v in b.items() if k != "style"})
-
-
-def test_oracle_shares_memorytalkers_stage1_and_no_memory_is_one_stage(smoke_ds):
-    mt = recipes.memorytalker("smoke", smoke_ds)
-    orc = variants.oracle_style("smoke", smoke_ds)
-    assert orc.shares_stage1.key(smoke_ds) == mt.key(smoke_ds)
-    model_mt, out_mt = recipes.load_or_train(mt, smoke_ds, progress=False, stages=(1,))
-    model_or, out_or = recipes.load_or_train(orc, smoke_ds, progress=False)
-    shared = [k for k in out_mt["stage1_state"] if not k.startswith("style_encoder.")]
-    assert all(torch.equal(out_mt["stage1_state"][k], model_or.state_dict()[k]) for k in shared)
+def test_no_memory_is_one_stage_with_the_whole_budget(smoke_ds):
     nm = variants.no_memory("smoke", smoke_ds)
     assert nm.stage2 is None and nm.model.use_memory is False
     assert nm.stage1.epochs == recipes.budget("smoke")["epochs"]
@@ -86,3 +62,35 @@ def test_ordering_on_constructed_tables_with_known_answers():
     assert o["rho"] == pytest.approx(expected) and 0 < o["rho"] < 1
     text = compare.ordering_statement(_rows(mixed))
     assert "does not hold" in text and "best on 2 of 5 metrics (fve, lve)" in text and f"{o['rho']:+.2f}" in text
+
+
+def test_seeded_rows_reference_rows_and_claims(smoke_ds):
+    """MemoryTalker and its no-memory row with 2 seeds: mean ± std rows, the stage-1 row, the ceiling rows
+    (each seed's stage-1 model, fitted), the bounds rows, and the claims read against the seed spread."""
+    results = compare.run("smoke", smoke_ds, methods=["MemoryTalker", "MemoryTalker w/o memory"], progress=False,
+                          seeds=2, ceiling=True)
+    names = [r.name for r in results]
+    assert names == ["MemoryTalker", compare.STAGE1_ROW] + [n for n, _ in compare.CEILING_ROWS.values()] + \
+        ["MemoryTalker w/o memory"]
+    assert all(len(r.per_seed) == 2 for r in results)
+    mt = results[0]
+    assert mt.per_seed[0].metrics["fve"] != mt.per_seed[1].metrics["fve"]           # the seeds differ
+    rows = compare.table(results)
+    for r in rows:
+        assert r["seeds"] == 2 and all(np.isfinite(r[f"{k}_std"]) and r[f"{k}_std"] > 0 for k in compare.TABLE_METRICS)
+        assert r["fve"] == pytest.approx(np.mean([x.metrics["fve"] for x in results[names.index(r["method"])].per_seed])
+                                         / compare.PAPER_UNITS["fve"])
+    brows = compare.bound_rows(smoke_ds, n_draws=8)
+    assert [r["method"] for r in brows] == [n for n, _ in compare.BOUND_ROWS.values()]
+    md = compare.to_markdown(rows + brows, with_paper=False)
+    assert " ± " in md and "| – |" in md                                  # spreads shown; unbounded metrics a dash
+    text = "\n".join(compare.claims(results, rows))
+    assert "Stage 2 improves on stage 1" in text and "The memory helps" in text
+    assert all(any(v in line for v in ("held", "not resolved")) for line in text.splitlines())
+
+
+def test_verdicts_on_constructed_differences():
+    assert compare.verdict(-0.5, 0.2) == "held"
+    assert compare.verdict(0.5, 0.2) == "not held"
+    assert compare.verdict(0.1, 0.2) == "not resolved"
+    assert compare.verdict(-0.5, float("nan")) == "not resolved"           # no spread: nothing is resolved
