@@ -130,18 +130,19 @@ def test_demo_rejects_bad_input_before_training_or_rendering(smoke_ds, moving, t
 
 @pytest.mark.parametrize("smoke,expected", [("1", "smoke"), ("0", "default")])
 def test_cli_animate_follows_mtk_smoke(smoke, expected, smoke_ds, tmp_path, monkeypatch):
-    """`python -m mtk animate` with no --preset takes the smoke model when MTK_SMOKE=1, as the rest of the kit."""
-    import mtk.data
+    """`python -m mtk animate` with no --preset takes the smoke model when MTK_SMOKE=1, as the rest of the kit
+    (the preset asked of `shipped.load_or_train`, which then loads the shipped model or trains)."""
+    import mtk.shipped
     from mtk.__main__ import main
     seen = []
 
     class Stop(Exception):
         pass
 
-    def fake_load_dataset(name, progress=True):
-        seen.append(name)
+    def fake_load_or_train(preset, progress=True):
+        seen.append(preset)
         raise Stop
-    monkeypatch.setattr(mtk.data, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(mtk.shipped, "load_or_train", fake_load_or_train)
     monkeypatch.setenv("MTK_SMOKE", smoke)
     sf.write(tmp_path / "ok.wav", smoke_ds.sequences("test")[0].audio(), 16000)
     with pytest.raises(Stop):
