@@ -323,3 +323,21 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
          "config": config_dict(cfg), "note": "stand-in for ASR pretraining; see mtk.audio.pretrain_on_phonemes"},
         indent=1))
     return out_dir
+
+
+def pretraining_report(folder) -> dict:
+    """What `pretrain_on_phonemes` measured, from `folder/pretrain.json`: the epochs, the seconds and the
+    phoneme frame accuracy on the validation speakers after the last epoch (`val_frame_accuracy`), the
+    content every method built on this encoder starts from."""
+    import json
+    from pathlib import Path
+    path = Path(folder) / "pretrain.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no pretraining record; the folder is not one `pretrain_on_phonemes` wrote "
+                                "(a hub encoder such as HuBERT has none)")
+    rec = json.loads(path.read_text())
+    hist = rec.get("history") or []
+    if not hist or "val_frame_accuracy" not in hist[-1]:
+        raise ValueError(f"{path}: expected a non-empty 'history' whose entries hold 'val_frame_accuracy'")
+    return {"epochs": len(hist), "seconds": float(rec.get("seconds", float("nan"))),
+            "val_frame_accuracy": float(hist[-1]["val_frame_accuracy"]), "n_phonemes": rec.get("n_phonemes")}

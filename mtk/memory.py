@@ -93,3 +93,20 @@ class MotionMemory(nn.Module):
         K = F.softmax(kappa * logits.detach(), dim=-1)
         kl = (K * (torch.log(K.clamp(min=1e-12)) - torch.log(V.clamp(min=1e-12)))).sum(-1)     # (B, T)
         return (kl * mask).sum() / logits.shape[0]
+
+
+def slot_usage(address) -> dict:
+    """How many of the memory's slots the frames actually read: address (frames, n) of K or V rows.
+
+    perplexity = exp(H(p)), p = the address averaged over frames (the slots' share of all reading), the
+    "codebook perplexity" VQ models report: n if every slot is read equally, 1 if one slot takes all.
+    frame_perplexity = exp(mean H(address_t)): how many slots one frame mixes (1: a hard lookup).
+    used = slots holding at least 1/(10 n) of the reading."""
+    a = torch.as_tensor(address, dtype=torch.float64)
+    if a.dim() != 2 or len(a) == 0:
+        raise ValueError(f"slot_usage: expected an address of shape (frames, n) with frames > 0, got {tuple(a.shape)}")
+    p = a.mean(0)
+    n = a.shape[1]
+    ent = lambda q: -(q * torch.log(q.clamp(min=1e-300))).sum(-1)          # noqa: E731, nats
+    return {"n": n, "perplexity": float(torch.exp(ent(p))),
+            "frame_perplexity": float(torch.exp(ent(a).mean())), "used": int((p >= 1 / (10 * n)).sum())}

@@ -15,8 +15,10 @@ from dataclasses import replace
 from .recipes import Recipe, budget, memorytalker, train_config
 
 
-def no_memory(preset: str, dataset, **model_kw) -> Recipe:
-    """The "w/o memory" ablation: one stage with the whole budget."""
+def no_memory(preset: str, dataset, epochs: int | None = None, **model_kw) -> Recipe:
+    """The "w/o memory" ablation: one stage with the whole budget (the preset's, or `epochs`, as
+    `memorytalker(epochs=...)` splits over its two stages)."""
     r = memorytalker(preset, dataset, use_memory=False, **model_kw)
-    return replace(r, name=f"nomemory-{preset}", stage1=train_config(preset, 1, budget(preset)["epochs"]),
+    e = epochs or budget(preset)["epochs"]
+    return replace(r, name=f"nomemory-{preset}" + (f"-{e}ep" if epochs else ""), stage1=train_config(preset, 1, e),
                    stage2=None)

@@ -9,6 +9,9 @@ def test_no_memory_is_one_stage_with_the_whole_budget(smoke_ds):
     nm = variants.no_memory("smoke", smoke_ds)
     assert nm.stage2 is None and nm.model.use_memory is False
     assert nm.stage1.epochs == recipes.budget("smoke")["epochs"]
+    short = variants.no_memory("smoke", smoke_ds, epochs=2, phoneme_supervision=0.1, n_phonemes=5)
+    assert short.stage1.epochs == 2 and short.stage2 is None and short.name != nm.name
+    assert short.model.phoneme_supervision == 0.1 and short.key(smoke_ds) != nm.key(smoke_ds)
 
 
 def test_comparison_rows_and_statement(smoke_ds):

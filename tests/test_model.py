@@ -50,6 +50,37 @@ def test_memory_addresses_and_reads():
     assert torch.allclose(MotionMemory.align_loss(logits[:1], V[:1], 16.0, mask), ref, atol=1e-5)
 
 
+def test_slot_usage_counts_the_slots_read():
+    from mtk.memory import slot_usage
+    n = 8
+    even = slot_usage(torch.full((50, n), 1.0 / n))                     # every slot read equally, every frame mixing all
+    assert even["perplexity"] == pytest.approx(n) and even["frame_perplexity"] == pytest.approx(n) and even["used"] == n
+    hard = torch.zeros(40, n)
+    hard[:, 3] = 1.0                                                    # one slot takes all reading
+    one = slot_usage(hard)
+    assert one["perplexity"] == pytest.approx(1.0) and one["frame_perplexity"] == pytest.approx(1.0) and one["used"] == 1
+    half = torch.zeros(40, n)
+    half[:20, 0] = half[20:, 1] = 1.0                                   # two slots, half the frames each, hard lookups
+    two = slot_usage(half)
+    assert two["perplexity"] == pytest.approx(2.0) and two["frame_perplexity"] == pytest.approx(1.0) and two["used"] == 2
+    with pytest.raises(ValueError, match=r"\(frames, n\)"):
+        slot_usage(torch.ones(2, 3, 4))
+
+
+def test_pretraining_report_reads_the_last_epoch(tmp_path):
+    import json
+    from mtk.audio import pretraining_report
+    with pytest.raises(FileNotFoundError, match="pretrain.json"):
+        pretraining_report(tmp_path)
+    (tmp_path / "pretrain.json").write_text(json.dumps({"history": [], "seconds": 1.0}))
+    with pytest.raises(ValueError, match="val_frame_accuracy"):
+        pretraining_report(tmp_path)
+    (tmp_path / "pretrain.json").write_text(json.dumps({"history": [{"val_frame_accuracy": 0.5}, {"val_frame_accuracy": 0.7}],
+                                                        "seconds": 3.0, "n_phonemes": 40}))
+    rep = pretraining_report(tmp_path)
+    assert rep == {"epochs": 2, "seconds": 3.0, "val_frame_accuracy": 0.7, "n_phonemes": 40}
+
+
 def test_stylized_memory_keeps_one_style_per_sample():
     M = torch.randn(4, 3)
     w = torch.tensor([[1.0, 2.0, 0.5, 0.0], [0.0, 1.0, 1.0, 3.0]])
