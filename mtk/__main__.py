@@ -1,4 +1,4 @@
-"""Command line: `python -m mtk <command>`.
+"""Command line: `mtk <command>` (or `python -m mtk <command>`).
 
     animate WAV --out face.mp4 [face.html face.npy]   animate your own recording
     data               generate the default SynthVOCA dataset (and the smoke one)
@@ -155,9 +155,13 @@ def cmd_strip(args) -> None:
             print(f"stripped {p}")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m mtk", description=__doc__,
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: every subcommand and option with its help text."""
+    from . import __version__
+    prog = "mtk" if Path(sys.argv[0]).name == "mtk" else "python -m mtk"       # the console script or the module
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("animate", help="animate a recording with the trained default MemoryTalker")
     p.add_argument("audio", help="a sound file (wav, flac, ogg; any sample rate >= 4 kHz, mono or stereo, >= 0.1 s)")
@@ -176,9 +180,13 @@ def main(argv=None) -> None:
                         "notebook 04 trains nine models in one cell, about 23 min on 2 cores)")
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser("strip-notebooks", help="clear notebook outputs")
-    p.add_argument("paths", nargs="*")
+    p.add_argument("paths", nargs="*", help="notebooks to strip (default: every notebook under notebooks/)")
     p.set_defaults(fn=cmd_strip)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
     args.fn(args)
 
 

@@ -139,3 +139,47 @@ def test_the_session_runs_in_a_fresh_home():
     from mtk import paths
     assert paths.home() != ROOT and paths.home() == Path(os.environ["MTK_HOME"]).resolve()
     assert paths.runs_dir().is_relative_to(paths.home()) and paths.figures_dir().is_relative_to(paths.home())
+
+
+def test_every_imported_package_is_declared():
+    """A fresh `pip install .` must bring every third-party package the kit imports (not one that happens to
+    come along with another)."""
+    import ast
+    import sys
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = {_name(r) for r in project["dependencies"]}
+    import_name = {"sklearn": "scikit-learn", "yaml": "pyyaml", "imageio_ffmpeg": "imageio-ffmpeg",
+                   "espeakng_loader": "espeakng-loader", "mpl_toolkits": "matplotlib"}
+    imported = set()
+    for py in (ROOT / "mtk").rglob("*.py"):
+        for node in ast.walk(ast.parse(py.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = {m for m in imported if m not in sys.stdlib_module_names and m not in ("mtk", "__future__")}
+    missing = sorted(m for m in third_party if import_name.get(m, m).replace("_", "-") not in declared)
+    assert not missing, f"imported by mtk but not in pyproject's dependencies: {missing}"
+
+
+def test_cli_has_a_command_version_and_help_everywhere(capsys):
+    import argparse
+    import pytest
+    from mtk import __main__ as cli
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert project["scripts"]["mtk"] == "mtk.__main__:main"
+    assert (ROOT / "mtk" / "py.typed").exists() and (ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert "preferred-citation" in yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0 and re.search(r"\d+\.\d+\.\d+", capsys.readouterr().out)
+    # every subcommand and every option says what it is for
+    parser = cli.build_parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(subs.choices) == {"animate", "data", "reproduce", "strip-notebooks"}
+    helps = {c.dest: c.help for c in subs._choices_actions}
+    assert all(helps.get(name) for name in subs.choices), helps
+    for name, sub in subs.choices.items():
+        for a in sub._actions:
+            if not isinstance(a, argparse._HelpAction):
+                assert a.help, f"mtk {name}: option {a.dest!r} has no help text"
