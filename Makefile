@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mtk-installed
 
-.PHONY: install test test-fast reproduce data strip clean
+.PHONY: install test test-fast reproduce data strip clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,12 @@ install: $(STAMP)
 
 test: $(STAMP)
 	HF_HUB_OFFLINE=1 MTK_SMOKE=1 $(PY) -m pytest
+
+# Debian's Chromium for tests/test_browser.py (Playwright drives it; `playwright install` downloads are not used)
+browser:
+	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -q chromium >/dev/null || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } || \
+	  echo "could not install chromium (needs root and Debian's apt); the browser tests will skip"
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 MTK_SMOKE=1 $(PY) -m pytest tests

@@ -68,10 +68,9 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
         if p.suffix == ".npy":
             np.save(p, verts.astype(np.float32))
         elif p.suffix == ".html":
-            from .viz import k3d_face
+            from .viz import k3d_face, k3d_html
             plot = k3d_face(template, verts)
-            plot.snapshot_type = "full"                               # works offline
-            p.write_text(plot.get_snapshot(additional_js_code="K3DInstance.startAutoPlay();"))
+            p.write_text(k3d_html(plot, autoplay=True))           # k3d's viewer inlined: opens offline
         else:
             if faces is None or not len(faces):
                 raise ValueError(f"{p}: rendering a video needs the template's faces; pass a `Template`")

@@ -2,12 +2,13 @@
 
 Every figure a notebook shows is also written under `paths.figures_dir()`, so a
 widget is never the only way to see a result: `savefig` for matplotlib and
-`save_k3d` for k3d (a standalone HTML snapshot).
+`save_k3d` for k3d (an HTML page that opens offline).
 
 Views follow the template convention: y up, z towards the viewer.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,15 +35,44 @@ def save_html(html: str, name: str) -> Path:
     return path
 
 
-def save_k3d(plot, name: str, online: bool = True, autoplay: bool = False) -> Path:
-    """A standalone HTML snapshot of a k3d plot.
+# k3d's "full" snapshot (k3d 3.x) carries its viewer in three scripts before the scene: the fflate
+# decompressor, the zlib-compressed k3d bundle, and require.js. They are the same in every snapshot.
+_K3D_VIEWER = re.compile(r"<script id='fflatejs'>(.*?)</script>\s*<script>(.*?)</script>\s*"
+                         r"<script id='requirejs'>(.*?)</script>", re.S)
 
-    online=True (default) keeps the file small (the k3d viewer script is loaded
-    from a CDN when the file is opened); online=False embeds it (about 2 MB, works offline).
-    """
-    plot.snapshot_type = "online" if online else "full"
-    js = "K3DInstance.startAutoPlay();" if autoplay else ""
-    return save_html(plot.get_snapshot(additional_js_code=js), name)
+
+def k3d_html(plot, autoplay: bool = False) -> str:
+    """A k3d plot as one standalone HTML page that opens offline: k3d's "full" snapshot, the viewer inlined
+    (about 1.2 MB; what `animate --out face.html` writes). Nothing is fetched from a CDN."""
+    plot.snapshot_type = "full"
+    return plot.get_snapshot(additional_js_code="K3DInstance.startAutoPlay();" if autoplay else "")
+
+
+def split_viewer(html: str, viewer: str) -> tuple[str, str]:
+    """A full snapshot -> (the page loading the viewer from the file `viewer` beside it, the viewer's script:
+    the snapshot's fflate, compressed k3d bundle and require.js scripts joined, in their order)."""
+    found = _K3D_VIEWER.findall(html)
+    if len(found) != 1:
+        raise RuntimeError("this k3d version's snapshot does not have the viewer scripts mtk.viz expects "
+                           "(fflate, the compressed bundle, require.js); use k3d_html for a standalone page")
+    return _K3D_VIEWER.sub(lambda m: f'<script src="{viewer}"></script>', html), "\n;\n".join(found[0])
+
+
+def save_k3d(plot, name: str, autoplay: bool = False, standalone: bool = False) -> Path:
+    """A k3d plot as figures/<name>.html that opens offline, in any browser, from the file system.
+
+    By default the page loads k3d's viewer from `k3d-viewer-<version>.js` beside it (shared by every page,
+    as plotly's pages share `plotly.min.js`; rewritten if it differs); standalone=True inlines it (1.2 MB)."""
+    import k3d
+    html = k3d_html(plot, autoplay)
+    if standalone:
+        return save_html(html, name)
+    js_name = f"k3d-viewer-{k3d.__version__}.js"
+    page, js = split_viewer(html, js_name)
+    js_path = figures_dir() / js_name
+    if not js_path.exists() or js_path.read_text() != js:
+        js_path.write_text(js)
+    return save_html(page, name)
 
 
 # --------------------------------------------------------------------------- matplotlib
@@ -131,8 +161,8 @@ def k3d_face(template, vertices=None, fps: int = 30, colors=None, attribute=None
     Returns the plot (add more meshes by passing it back as `plot`).
     """
     import k3d
-    plot = plot if plot is not None else k3d.plot(grid_visible=False, camera_auto_fit=True, height=height,
-                                                  background_color=0xFFFFFF)
+    plot = plot if plot is not None else k3d.plot(grid_visible=False, camera_auto_fit=False, height=height,
+                                                  background_color=0xFFFFFF, axes_helper=0)
     kw = dict(indices=template.faces.astype(np.uint32), flat_shading=False, side="double", name=name,
               translation=list(translation))
     if vertices is None:
@@ -144,15 +174,17 @@ def k3d_face(template, vertices=None, fps: int = 30, colors=None, attribute=None
         a = np.asarray(attribute, np.float32)
         att = a if a.ndim == 1 else {f"{t / fps:.4f}": a[t] for t in range(len(a))}
         rng = color_range if color_range is not None else [float(a.min()), float(a.max())]
-        plot += k3d.mesh(verts, attribute=att, color_map=k3d.colormaps.matplotlib_color_maps.Inferno,
-                         color_range=list(rng), **kw)
+        mesh = k3d.mesh(verts, attribute=att, color_map=k3d.colormaps.matplotlib_color_maps.Inferno,
+                        color_range=list(rng), **kw)
+        plot += mesh
+        plot.colorbar_object_id = mesh.id                  # the colour bar shows this mesh's attribute range
     else:
         c = np.tile(SKIN, (template.V, 1)) if colors is None else colors
         plot += k3d.mesh(verts, colors=_rgb_uint32(c), **kw)
-    plot.camera_auto_fit = True
-    # look at the face from the front (camera on +z), y up
+    # look at the face from the front (camera on +z), y up; auto-fit off, or k3d replaces this camera by its own
+    plot.camera_auto_fit = False
     ctr = template.vertices.mean(0) + np.asarray(translation)
-    plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.55), float(ctr[0]), float(ctr[1]),
+    plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.45), float(ctr[0]), float(ctr[1]),
                    float(ctr[2]), 0.0, 1.0, 0.0]
     return plot
 
@@ -182,8 +214,11 @@ def k3d_compare(template, animations: dict, gt=None, fps: int = 30, spacing: flo
             plot = k3d_face(template, v, fps=fps, plot=plot, translation=(spacing * col, 0, 0), name=name,
                             height=height)
         col += 1
-    plot += k3d.text2d("  |  ".join((["ground truth"] if gt is not None else []) + list(animations)),
-                       position=[0.02, 0.02], size=0.8, color=0x333333)
+    # one plain-text caption (HTML, not k3d's LaTeX, which drops spaces); k3d's 3D labels do not render in
+    # snapshots, so the caption names the heads in order
+    names = (["ground truth"] if gt is not None else []) + [f"{n} (error, mm)" if gt is not None else n for n in animations]
+    plot += k3d.text2d("left to right: " + " &nbsp;|&nbsp; ".join(names), position=[0.5, 0.96], reference_point="cb",
+                       size=0.9, color=0x333333, is_html=True, label_box=False)
     ctr = template.vertices.mean(0) + np.array([spacing * (col - 1) / 2, 0, 0])
     plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.35 + 0.12 * col), float(ctr[0]),
                    float(ctr[1]), float(ctr[2]), 0.0, 1.0, 0.0]

@@ -159,3 +159,18 @@ def test_configs_round_trip():
     with pytest.raises(ValueError, match="unknown fields"):
         ModelConfig.from_dict({**cfg.to_dict(), "nope": 1})
     assert issubclass(ModelConfig, Config)
+
+
+def test_k3d_pages_need_no_network(head, tmp_path, monkeypatch):
+    """Every k3d page the kit writes carries or sits beside k3d's viewer; no CDN (the browser test opens them)."""
+    import k3d
+    monkeypatch.setenv("MTK_FIGURES", str(tmp_path))
+    page = viz.save_k3d(viz.k3d_face(head), "face.html")
+    html = page.read_text()
+    js = tmp_path / f"k3d-viewer-{k3d.__version__}.js"
+    assert f'<script src="{js.name}"></script>' in html and js.stat().st_size > 500_000
+    full = viz.k3d_html(viz.k3d_face(head))
+    for text in (html, full):
+        assert "unpkg.com" not in text and "cdnjs" not in text and "require.min.js" not in text
+    with pytest.raises(RuntimeError, match="viewer scripts"):
+        viz.split_viewer("<html><body>no viewer</body></html>", js.name)
