@@ -54,6 +54,45 @@ class _Event(ctypes.Structure):
 
 
 _SYNTH_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
+_SRAND = ctypes.CFUNCTYPE(None, ctypes.c_long)
+
+
+def _elf_symbols(path: str, names: set[str]) -> dict[str, int]:
+    """{name: st_value} from a 64-bit little-endian ELF file's symbol tables (.symtab and .dynsym), for `names`.
+
+    Used to reach espeak-ng's internal `espeak_srand`, which the library does not export (below). Returns
+    what it finds; an empty dict for anything that is not such an ELF file (e.g. a macOS or Windows build)."""
+    import struct
+    data = Path(path).read_bytes()
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return {}
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
+    sections = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    found = {}
+    for _, sh_type, _, _, off, size, link, _, _, entsize in sections:
+        if sh_type not in (2, 11) or not entsize:                    # SHT_SYMTAB, SHT_DYNSYM
+            continue
+        str_off = sections[link][4]
+        for k in range(size // entsize):
+            st_name, _, _, _, st_value, _ = struct.unpack_from("<IBBHQQ", data, off + k * entsize)
+            end = data.index(b"\0", str_off + st_name)
+            name = data[str_off + st_name:end].decode("ascii", "replace")
+            if name in names and st_value:
+                found[name] = st_value
+    return found
+
+
+def _seeder(lib, library_path: str):
+    """espeak-ng's noise generator (the breath noise of voices f2, f3, f5) is seeded with time(NULL) at
+    initialisation, so those voices came out different from one second to the next. `espeak_srand` is internal:
+    its address is the library's load address (from the exported espeak_Initialize) plus its symbol value.
+    -> a function seed(int), or None where the symbol cannot be found."""
+    sym = _elf_symbols(library_path, {"espeak_srand", "espeak_Initialize"})
+    if len(sym) != 2:
+        return None
+    base = ctypes.cast(lib.espeak_Initialize, ctypes.c_void_p).value - sym["espeak_Initialize"]
+    return _SRAND(base + sym["espeak_srand"])
 
 
 class ESpeak:
@@ -62,7 +101,9 @@ class ESpeak:
     espeak-ng keeps internal state between calls (the same sentence comes out a
     few samples different depending on what was said before, even after
     `espeak_Terminate`), so for reproducible data every `synthesize` call loads
-    a fresh copy of the library and unloads it afterwards (about 10 ms).
+    a fresh copy of the library and unloads it afterwards (about 10 ms). Its noise
+    generator, seeded with the clock at initialisation, is re-seeded from the request
+    itself before every synthesis (`_seeder`).
     """
 
     def __init__(self, library_path: str | None = None, data_path: str | None = None):
@@ -80,6 +121,11 @@ class ESpeak:
         if rate != ESPEAK_RATE:
             raise RuntimeError(f"espeak-ng initialisation returned {rate}, expected its sample rate {ESPEAK_RATE} "
                                f"(library {library_path}, data {data_path})")
+        self._seed = _seeder(self.lib, library_path)
+        if self._seed is None:
+            import warnings
+            warnings.warn(f"{library_path}: espeak-ng's noise generator cannot be seeded on this build; the breathy "
+                          "voices (en-us+f2, f3, f5) will differ from run to run", RuntimeWarning, stacklevel=2)
         self._cb = _SYNTH_CB(self._callback)            # keep a reference: ctypes callbacks must outlive the call
         self.lib.espeak_SetSynthCallback(self._cb)
         self._chunks: list[np.ndarray] = []
@@ -124,6 +170,9 @@ class ESpeak:
             self.lib.espeak_SetParameter(key, int(value), 0)
         self._chunks, self._events = [], []
         b = text.encode("utf-8")
+        if self._seed is not None:                      # the same request always gets the same breath noise
+            import zlib
+            self._seed(zlib.crc32(f"{voice}|{rate}|{pitch}|{pitch_range}|{text}".encode()))
         self.lib.espeak_Synth(b, len(b) + 1, 0, 0, 0, 0, None, None)
         self.lib.espeak_Synchronize()
         audio = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)

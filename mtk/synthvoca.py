@@ -65,7 +65,8 @@ from .paths import data_dir
 from .speech import VOICES, pitch_for, synthesize
 from .template import IDENTITY_SHAPES, Template
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1         # the layout on disk (data.SynthVOCA reads it)
+GENERATOR_VERSIONS = {1: "the kit's first SynthVOCA (jaw-dominated motion; documented in notebook 01)"}
 STYLE_FACTORS = ("effort", "rate", "round", "open_idio", "spread", "stiffness", "lead", "rest", "asym", "brow")
 AUDIBLE_FACTORS = ("effort", "rate", "round")
 CAPTURE_FPS = 60           # like VOCASET's raw capture; loaders take every second frame -> 30 fps
@@ -86,6 +87,7 @@ class SynthConfig:
     resolution: str = "default"       # procedural template resolution
     max_words: int = 99               # only sentences with at most this many words (smoke: short clips)
     noise: float = 1.0                # scale of the natural motion noise
+    version: int = 1                  # the generator's design (`GENERATOR_VERSIONS`): a version's data never changes
 
     @classmethod
     def smoke(cls, **kw) -> "SynthConfig":
@@ -104,27 +106,25 @@ class SynthConfig:
                              f"{self.sentences_per_speaker}")
         if min(self.n_train, self.n_test) < 1 or self.n_val < 0:
             raise ValueError("SynthConfig needs at least one train and one test speaker")
+        if self.version not in GENERATOR_VERSIONS:
+            raise ValueError(f"SynthConfig.version = {self.version!r}, expected one of {sorted(GENERATOR_VERSIONS)} "
+                             f"({'; '.join(f'{v}: {d}' for v, d in GENERATOR_VERSIONS.items())})")
 
     @property
     def n_speakers(self) -> int:
         return self.n_train + self.n_val + self.n_test
 
     def key(self) -> str:
-        """Short hash of everything that changes the generated data: this config and the generator's code."""
-        blob = json.dumps({**asdict(self), "v": FORMAT_VERSION, "code": _generator_code_hash()}, sort_keys=True)
+        """Short hash of what decides the generated data: this config, its generator version included.
+
+        The key names content, not code: a version's data stays the same whatever else is edited, which
+        tests/test_synthvoca.py checks against a recorded fingerprint of version 1; a change to what a version
+        generates is a new version. So run folders and the shipped model's identity survive unrelated edits."""
+        blob = json.dumps({**asdict(self), "v": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     def default_root(self) -> Path:
         return data_dir() / f"synthvoca-{self.name}-{self.key()}"
-
-
-def _generator_code_hash() -> str:
-    """Hash of the modules whose code decides SynthVOCA's content, so a cached dataset never goes stale."""
-    here = Path(__file__).parent
-    h = hashlib.sha1()
-    for mod in ("synthvoca.py", "articulation.py", "speech.py", "template.py", "corpus.py", "metrics.py"):
-        h.update((here / mod).read_bytes())
-    return h.hexdigest()[:12]
 
 
 # --------------------------------------------------------------------------- speakers

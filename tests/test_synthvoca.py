@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,3 +127,43 @@ def test_export_to_vocaset_layout_reads_back_identically(smoke_ds, tmp_path):
             np.testing.assert_allclose(a[name].template.vertices, b[name].template.vertices)
     batch = collate([FaceDataset(voca.sequences("train"), len(voca.train_subjects))[i] for i in range(2)])
     assert batch["vertices"].shape[2] == smoke_ds.template.V * 3
+
+
+GOLDEN = Path(__file__).parent / "golden" / "synthvoca-v1-smoke.json"
+
+
+def fingerprint(root) -> dict:
+    """What a generated SynthVOCA holds, compactly: per clip its frame count and phoneme sequence (exact) and
+    sums of its motion weights and audio (floats); the speakers' style vectors."""
+    root = Path(root)
+    meta = json.loads((root / "meta.json").read_text())
+    clips = {}
+    for s in meta["sequences"]:
+        d = np.load(root / "seq" / f"{s['name']}.npz")
+        W, a = d["weights"].astype(np.float64), d["audio"].astype(np.float64)
+        clips[s["name"]] = {"frames_60fps": s["frames_60fps"], "text": s["text"],
+                            "phonemes": " ".join(map(str, d["ph_name"])),
+                            "floats": [W.sum(), np.abs(W).sum(), (W ** 2).sum(), a.std(), np.abs(a).mean(),
+                                       float(d["ph_start"].sum()), float(d["ph_end"].sum())]}
+    sp = np.load(root / "speakers.npz")
+    return {"clips": clips, "style": sp["style"].astype(np.float64).ravel().tolist()}
+
+
+def test_version_1_data_never_changes(smoke_ds):
+    """A dataset's key names its content (config + generator version), not the generator's code, so version 1
+    must keep generating what it generated when it was frozen (tests/golden/, recorded from the generator
+    the kit's figures and shipped model were made with). A change that fails this belongs in a new version."""
+    assert smoke_ds.meta["config"]["version"] == 1
+    now, then = fingerprint(smoke_ds.root), json.loads(GOLDEN.read_text())
+    assert now["clips"].keys() == then["clips"].keys()
+    for name, c in then["clips"].items():
+        n = now["clips"][name]
+        assert (n["frames_60fps"], n["text"], n["phonemes"]) == (c["frames_60fps"], c["text"], c["phonemes"]), name
+        np.testing.assert_allclose(n["floats"], c["floats"], rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(now["style"], then["style"], rtol=1e-6, atol=1e-9)
+
+
+def test_unknown_generator_version_is_refused():
+    with pytest.raises(ValueError, match=r"version = 7, expected one of \[1\]"):
+        SynthConfig(version=7)
+    assert SynthConfig(version=1).key() != SynthConfig(version=1, seed=1).key()
