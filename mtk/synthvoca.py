@@ -475,3 +475,68 @@ def speaker_template(base: Template, spk: Speaker, resolution: str) -> Template:
     """A speaker's neutral face: the procedural head with their identity shape."""
     t = Template.procedural(resolution, identity=spk.identity)
     return base.with_vertices(t.vertices, name=spk.name)
+
+
+# --------------------------------------------------------------------------- what the motion is made of
+def motion_report(root: str | Path, split: str = "train", variance: float = 0.95) -> dict:
+    """What a generated SynthVOCA's motion is made of, from its files (the 30 fps frames the loaders use).
+
+    energy     {articulator: share} of the lip region's motion energy, each articulator alone
+               (sum over frames and lip vertices of |w_k(t) B_k|^2; left and right fields summed), and
+               "cross" = the share of the total energy |sum_k w_k B_k|^2 the cross terms add or remove
+    n_pcs      principal components of the lower face's vertex offsets that explain `variance` of it
+               (eigenvalues of cov(W) B B^T: the offsets are W @ B, so no (frames, 3V) matrix is formed)
+    lip_gap    the vertical gap between the upper- and lower-lip midpoints (mm): percentiles over all frames,
+               the share of frames where the lips cross (gap < 0), and the rest aperture: the median gap in
+               pauses ("_", "_:", ...). The template's own gap is included, as in the loaded vertices.
+    """
+    from .articulation import BASIS, PAUSES
+    root = Path(root)
+    meta = json.loads((root / "meta.json").read_text())
+    base = Template.load(root / "template.npz")
+    B = np.load(root / "basis.npz")["fields"].astype(np.float64)                 # (K, V, 3)
+    K = len(B)
+    speakers = {s.name: s for s in load_speakers(root)}
+    resolution = meta["config"]["resolution"]
+    lips, lower = base.mask("lips"), base.mask("lower_face")
+    up, lo = base.landmarks["upper_lip_mid"], base.landmarks["lower_lip_mid"]
+    Bl = B[:, lips].reshape(K, -1)
+    Bf = B[:, lower].reshape(K, -1)
+    dgap = B[:, up, 1] - B[:, lo, 1]                                                # (K,) gap change per unit weight
+    alone, total, frames, gaps, rest = np.zeros(K), 0.0, [], [], []
+    for s in meta["sequences"]:
+        if speakers[s["subject"]].split != split:
+            continue
+        d = np.load(root / "seq" / f"{s['name']}.npz")
+        W = d["weights"].astype(np.float64)[::2]                                    # (T, K) at 30 fps
+        alone += (W ** 2).sum(0) * (Bl ** 2).sum(1)
+        total += float(((W @ Bl) ** 2).sum())
+        frames.append(W)
+        t = speaker_template(base, speakers[s["subject"]], resolution).vertices
+        gap = (t[up, 1] - t[lo, 1]) + W @ dgap                                      # (T,) metres
+        gaps.append(gap)
+        times = np.arange(len(W)) / (meta["capture_fps"] / 2)
+        pause = np.zeros(len(W), bool)
+        for a, b, name in zip(d["ph_start"], d["ph_end"], d["ph_name"]):
+            if str(name) in PAUSES:
+                pause |= (times >= a) & (times < b)
+        rest.append(gap[pause])
+    if not frames:
+        raise ValueError(f"{root}: no clips of split {split!r}")
+    W = np.concatenate(frames)
+    groups = {}
+    for k, name in enumerate(BASIS):
+        g = name.rsplit("_", 1)[0] if name.endswith(("_l", "_r")) else name
+        groups[g] = groups.get(g, 0.0) + alone[k]
+    energy = {g: float(e / total) for g, e in groups.items()}
+    energy["cross"] = float(1.0 - alone.sum() / total)
+    C = np.cov(W, rowvar=False)                                                     # (K, K)
+    ev = np.sort(np.clip(np.linalg.eigvals(C @ (Bf @ Bf.T)).real, 0, None))[::-1]
+    n_pcs = int(np.searchsorted(np.cumsum(ev) / ev.sum(), variance) + 1)
+    g = np.concatenate(gaps) * 1000
+    r = np.concatenate(rest) * 1000
+    return {"split": split, "frames": len(W), "energy": energy, "n_pcs": n_pcs, "variance": variance,
+            "pc_shares": (ev / ev.sum()).tolist(),
+            "lip_gap": {"p0": float(g.min()), "p1": float(np.percentile(g, 1)), "p50": float(np.median(g)),
+                        "p99": float(np.percentile(g, 99)), "crossing": float((g < 0).mean()),
+                        "rest_median": float(np.median(r)) if len(r) else float("nan")}}

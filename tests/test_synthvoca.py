@@ -167,3 +167,29 @@ def test_unknown_generator_version_is_refused():
     with pytest.raises(ValueError, match=r"version = 7, expected one of \[1\]"):
         SynthConfig(version=7)
     assert SynthConfig(version=1).key() != SynthConfig(version=1, seed=1).key()
+
+
+def test_motion_report_matches_the_loaded_vertices(smoke_ds):
+    """The report works from weights and basis fields; the same numbers from the vertices a user loads."""
+    from mtk.synthvoca import motion_report
+    from mtk.viz import mouth_opening
+    rep = motion_report(smoke_ds.root, "train")
+    seqs = smoke_ds.sequences("train")
+    t = smoke_ds.template
+    gap = np.concatenate([mouth_opening(s.vertices(), t) for s in seqs]) * 1000
+    assert rep["frames"] == len(gap)
+    np.testing.assert_allclose([rep["lip_gap"][k] for k in ("p0", "p50", "p99")],
+                               [gap.min(), np.median(gap), np.percentile(gap, 99)], rtol=1e-4, atol=1e-4)
+    assert rep["lip_gap"]["crossing"] == pytest.approx((gap < 0).mean())
+    # principal components of the lower face's offsets, by SVD of the (frames, 3 V_lower) matrix itself
+    lf = t.mask("lower_face")
+    X = np.concatenate([(s.vertices() - s.template.vertices[None])[:, lf].reshape(len(s.vertices()), -1) for s in seqs])
+    sv = np.linalg.svd(X - X.mean(0), compute_uv=False) ** 2
+    n95 = int(np.searchsorted(np.cumsum(sv) / sv.sum(), 0.95) + 1)
+    assert rep["n_pcs"] == n95
+    np.testing.assert_allclose(rep["pc_shares"][:3], (sv / sv.sum())[:3], rtol=1e-3, atol=1e-6)
+    e = rep["energy"]
+    assert set(e) >= {"jaw", "round", "spread", "close", "cross"} and all(np.isfinite(list(e.values())))
+    assert sum(v for k, v in e.items() if k != "cross") + e["cross"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no clips of split 'nope'"):
+        motion_report(smoke_ds.root, "nope")
