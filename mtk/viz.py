@@ -217,10 +217,10 @@ def k3d_compare(template, animations: dict, gt=None, fps: int = 30, spacing: flo
     # one plain-text caption (HTML, not k3d's LaTeX, which drops spaces); k3d's 3D labels do not render in
     # snapshots, so the caption names the heads in order
     names = (["ground truth"] if gt is not None else []) + [f"{n} (error, mm)" if gt is not None else n for n in animations]
-    plot += k3d.text2d("left to right: " + " &nbsp;|&nbsp; ".join(names), position=[0.5, 0.96], reference_point="cb",
+    plot += k3d.text2d("left to right: " + " &nbsp;|&nbsp; ".join(names), position=[0.5, 0.03], reference_point="ct",
                        size=0.9, color=0x333333, is_html=True, label_box=False)
     ctr = template.vertices.mean(0) + np.array([spacing * (col - 1) / 2, 0, 0])
-    plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.35 + 0.12 * col), float(ctr[0]),
+    plot.camera = [float(ctr[0]), float(ctr[1]), float(ctr[2] + 0.2 + 0.1 * col), float(ctr[0]),
                    float(ctr[1]), float(ctr[2]), 0.0, 1.0, 0.0]
     return plot
 

@@ -99,3 +99,82 @@ def test_committed_figure_pages_open_offline(browser, page, tmp_path):
     res = render(browser, page, tmp_path / f"{page.stem}.png")
     assert not res["errors"] and not res["blocked"], res
     assert res["drawn"] > 0.01, f"{page.name}: the page is blank ({res['drawn']:.4f} of pixels drawn)"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """JupyterLab serving a copy of notebook 07 (autosave must never touch the checkout), token-less on
+    localhost, its kernels inheriting the test session's environment (MTK_SMOKE=1, the session's MTK_HOME)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(ROOT / "notebooks" / "07_interactive_3d.ipynb", root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # JupyterLab 4 renders only the cells in view ("windowing"); render them all, so outputs can be found
+    settings = root / "lab-settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
+    env = {**os.environ, "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings")}
+    log = open(root / "jupyterlab.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ip=127.0.0.1",
+                             "--allow-root", f"--ServerApp.root_dir={root}", "--IdentityProvider.token=",
+                             "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
+                             "--LabApp.news_url=", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+                            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=root)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/api/status", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail(f"JupyterLab did not start; its log: {(root / 'jupyterlab.log').read_text()[-2000:]}")
+    yield url, root
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_notebook_07_runs_in_jupyterlab_and_shows_front_facing_faces(browser, lab, tmp_path):
+    """A user's path: open notebook 07 in JupyterLab, Run All (smoke mode), see the k3d view drawn."""
+    from PIL import Image
+    url, root = lab
+    ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+    blocked, errors = [], []
+    local = ("http://127.0.0.1", "ws://127.0.0.1", "data:", "blob:")
+    ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith(local)
+              else (blocked.append(route.request.url), route.abort()))
+    page = ctx.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(f"{url}/lab/tree/07_interactive_3d.ipynb")
+    page.wait_for_function("window.jupyterapp && document.querySelector('.jp-Notebook .jp-Cell')", timeout=120_000)
+    page.wait_for_timeout(3000)                                        # the kernel starts
+    page.evaluate("window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    # done when no cell waits ("[*]") and the last cell has an execution count
+    page.wait_for_function("""() => {
+        const prompts = [...document.querySelectorAll('.jp-InputArea-prompt')].map(p => p.textContent.trim());
+        return prompts.length > 0 && !prompts.some(p => p.includes('*')) && /\\[\\d+\\]/.test(prompts[prompts.length - 1]);
+    }""", timeout=900_000, polling=2000)
+    errors_in_outputs = page.evaluate("[...document.querySelectorAll('.jp-OutputArea-output[data-mime-type=\"application/vnd.jupyter.stderr\"]')]"
+                                      ".map(e => e.textContent).filter(t => /Traceback|Error/.test(t))")
+    page.screenshot(path=str(tmp_path / "notebook07_page.png"), full_page=False)
+    canvases = page.locator(".jp-OutputArea canvas")
+    assert canvases.count() >= 1, f"no k3d canvas in the notebook's outputs; see {tmp_path / 'notebook07_page.png'}"
+    canvas = canvases.first
+    canvas.scroll_into_view_if_needed()
+    page.wait_for_timeout(4000)
+    shot = tmp_path / "notebook07_k3d.png"
+    canvas.screenshot(path=str(shot))
+    ctx.close()
+    assert not errors and not blocked, {"page errors": errors, "blocked requests": blocked}
+    assert not errors_in_outputs, errors_in_outputs
+    img = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+    colours, counts = np.unique(img, axis=0, return_counts=True)
+    drawn = float((np.abs(img - colours[counts.argmax()]).sum(1) > 30).mean())
+    assert drawn > 0.02, f"the k3d view is blank ({drawn:.4f} of its pixels drawn); screenshot {shot}"
