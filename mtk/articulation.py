@@ -81,6 +81,31 @@ PHONEME_VISEME: dict[str, tuple[str, ...]] = {
 PHONEMES = tuple(sorted(PHONEME_VISEME))          # the phoneme label vocabulary (index = label id)
 PAUSES = frozenset({"_", "_:", "_!", "_^_", "||", "|"})
 
+# espeak-ng's English mnemonics (Kirshenbaum-like) -> IPA, for labels a reader can read. espeak-ng keeps
+# variants that share one IPA symbol apart (e.g. "@", "@2", "@5" are all [ə] in different contexts), so
+# `ipa` appends the mnemonic where the IPA alone would be ambiguous. Pauses and boundaries are named.
+IPA: dict[str, str] = {
+    "*": "ɾ", "0": "ɒ", "3": "ɚ", "3:": "ɜː", ";": "ʲ", "?": "ʔ", "@": "ə", "@2": "ə", "@5": "ə", "@L": "əl",
+    "@r": "ɚ", "A": "ɑ", "A:": "ɑː", "A@": "ɑɹ", "D": "ð", "E": "ɛ", "E2": "ɛ", "E@": "ɛɹ", "I": "ɪ", "I#": "ɨ",
+    "I2": "ɪ", "L": "ɫ", "N": "ŋ", "O": "ɔ", "O2": "ɔ", "O:": "ɔː", "O@": "ɔɹ", "OI": "ɔɪ", "R": "ɹ", "S": "ʃ",
+    "T": "θ", "U": "ʊ", "U@": "ʊɹ", "V": "ʌ", "W": "ʍ", "Z": "ʒ", "_": "pause", "_!": "pause", "_:": "pause",
+    "_^_": "pause", "a": "æ", "a#": "ɐ", "aI": "aɪ", "aI3": "aɪɚ", "aI@": "aɪə", "aI@3": "aɪɚ", "aU": "aʊ",
+    "aU@": "aʊɚ", "aa": "æ", "b": "b", "d": "d", "d#": "d", "d2": "d", "dZ": "dʒ", "e": "e", "e@": "eə",
+    "eI": "eɪ", "eU": "eʊ", "f": "f", "g": "ɡ", "h": "h", "i": "i", "i:": "iː", "i@": "iə", "i@3": "ɪɚ",
+    "j": "j", "k": "k", "l": "l", "l#": "ɫ", "l/": "l", "l/2": "l", "m": "m", "n": "n", "n-": "n̩", "o@": "oɚ",
+    "oU": "oʊ", "p": "p", "r": "ɹ", "r-": "ɚ", "s": "s", "t": "t", "t#": "ɾ", "t2": "t", "tS": "tʃ", "u": "u",
+    "u:": "uː", "u@": "ʊɚ", "v": "v", "w": "w", "x": "x", "z": "z", "|": "boundary", "||": "boundary",
+}
+
+
+def ipa(phoneme: str) -> str:
+    """A label for an espeak-ng phoneme: its IPA, with the mnemonic in brackets where several share one
+    IPA symbol ("ə [@2]"); stress marks are dropped."""
+    p = strip_stress(phoneme)[0]
+    sym = IPA.get(p, p)
+    shared = sum(1 for v in IPA.values() if v == sym) > 1
+    return f"{sym} [{p}]" if shared else sym
+
 
 def strip_stress(ph: str) -> tuple[str, int]:
     """espeak-ng 1.52 marks stress in the name: "'eI" primary, ",aU" secondary. -> (name, 2|1|0)."""

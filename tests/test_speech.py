@@ -66,3 +66,10 @@ def test_elf_symbols_reads_what_it_can(tmp_path):
     import espeakng_loader
     sym = _elf_symbols(espeakng_loader.get_library_path(), {"espeak_srand", "espeak_Initialize", "no_such_symbol"})
     assert set(sym) == {"espeak_srand", "espeak_Initialize"}
+
+
+def test_every_phoneme_has_an_ipa_label():
+    from mtk.articulation import IPA, PHONEMES, ipa
+    assert set(IPA) == set(PHONEMES)
+    assert ipa("'aI") == "aɪ" and ipa("D") == "ð" and ipa("tS") == "tʃ"
+    assert ipa("@2") == "ə [@2]" and ipa("@") == "ə [@]"          # shared IPA: the espeak-ng code says which
