@@ -504,6 +504,7 @@ def motion_report(root: str | Path, split: str = "train", variance: float = 0.95
     Bf = B[:, lower].reshape(K, -1)
     dgap = B[:, up, 1] - B[:, lo, 1]                                                # (K,) gap change per unit weight
     alone, total, frames, gaps, rest = np.zeros(K), 0.0, [], [], []
+    face_gap = {}                                                                   # speaker -> the neutral face's lip gap
     for s in meta["sequences"]:
         if speakers[s["subject"]].split != split:
             continue
@@ -512,8 +513,10 @@ def motion_report(root: str | Path, split: str = "train", variance: float = 0.95
         alone += (W ** 2).sum(0) * (Bl ** 2).sum(1)
         total += float(((W @ Bl) ** 2).sum())
         frames.append(W)
-        t = speaker_template(base, speakers[s["subject"]], resolution).vertices
-        gap = (t[up, 1] - t[lo, 1]) + W @ dgap                                      # (T,) metres
+        if s["subject"] not in face_gap:
+            t = speaker_template(base, speakers[s["subject"]], resolution).vertices
+            face_gap[s["subject"]] = t[up, 1] - t[lo, 1]
+        gap = face_gap[s["subject"]] + W @ dgap                                     # (T,) metres
         gaps.append(gap)
         times = np.arange(len(W)) / (meta["capture_fps"] / 2)
         pause = np.zeros(len(W), bool)
