@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 
 def test_the_shipped_default_model_is_the_codes_default_recipe():
     """Whenever a default model ships, it must be the code's default recipe (else animate would silently use
-    a model the code no longer trains). None ships yet: see docs/performance.md, "A shipped model"."""
+    a model the code no longer trains); docs/performance.md, "A shipped model"."""
     folder = shipped.folder("default")
     if not (folder / "recipe.json").exists():
         pytest.skip(f"{folder}: no trained default MemoryTalker ships with this checkout yet")
