@@ -29,8 +29,9 @@ browser:
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 MTK_SMOKE=1 $(PY) -m pytest tests
 
+# DEVICE=cuda (or cpu, mps, cuda:1) trains the notebooks' models there; default auto: a CUDA GPU if torch sees one
 reproduce: $(STAMP)
-	$(PY) -m mtk reproduce
+	$(PY) -m mtk reproduce $(if $(DEVICE),--device $(DEVICE))
 
 data: $(STAMP)
 	$(PY) -m mtk data

@@ -33,7 +33,7 @@ def cmd_data(args) -> None:
 def cmd_animate(args) -> None:
     from .demo import animate_file
     try:
-        res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage)
+        res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage, device=args.device)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"mtk animate: {e}") from None
     for suffix, path in res["outputs"].items():
@@ -95,12 +95,18 @@ def run_notebook(nb_path: Path, out_path: Path, cell_timeout: int | None = None)
 def cmd_reproduce(args) -> None:
     """Execute the notebooks in order (default preset), saving executed copies under runs/notebooks/."""
     from .paths import runs_dir
+    from .train import resolve_device
+    try:
+        device = resolve_device(args.device)                 # checked before any data or notebook
+    except ValueError as e:
+        raise SystemExit(f"mtk reproduce --device: {e}") from None
+    os.environ["MTK_DEVICE"] = device                        # the notebooks' trainings read it (`recipes.load_or_train`)
     os.environ["MTK_SMOKE"] = "0"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("MPLBACKEND", "Agg")
     t = time.time()
     cmd_data(args)
-    record_timing("data", time.time() - t)
+    record_timing("data", time.time() - t, "cpu")
     out_dir = runs_dir() / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     chosen = [nb for nb in _notebooks() if not args.only or any(nb.name.startswith(o) for o in args.only)]
@@ -108,14 +114,15 @@ def cmd_reproduce(args) -> None:
         t = time.time()
         print(f"running {nb_path.name} ...", flush=True)
         run_notebook(nb_path, out_dir / nb_path.name, args.cell_timeout)
-        record_timing(nb_path.stem, time.time() - t)
+        record_timing(nb_path.stem, time.time() - t, device)
         print(f"  done in {time.time() - t:.0f} s -> {out_dir / nb_path.name}", flush=True)
 
 
-def record_timing(step: str, seconds: float) -> Path:
-    """Write one step's wall time to figures/timings.csv (`notebook,seconds,cores`), replacing that step's
-    earlier row and keeping the others, so `reproduce --only 04` updates notebook 04 alone. The README's
-    time figures come from this file. cores: the CPU cores this process could use."""
+def record_timing(step: str, seconds: float, device: str = "cpu") -> Path:
+    """Write one step's wall time to figures/timings.csv (`notebook,seconds,cores,device`), replacing that
+    step's earlier row and keeping the others, so `reproduce --only 04` updates notebook 04 alone. The
+    README's time figures come from this file. cores: the CPU cores this process could use; device: where
+    the step's trainings ran (rows written before the column existed ran on the CPU)."""
     import csv
     from .paths import figures_dir
     path = figures_dir() / "timings.csv"
@@ -124,10 +131,11 @@ def record_timing(step: str, seconds: float) -> Path:
         with open(path, newline="") as f:
             rows = {r["notebook"]: r for r in csv.DictReader(f)}
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    rows[step] = {"notebook": step, "seconds": f"{seconds:.0f}", "cores": str(cores)}
+    rows = {k: {"device": "cpu", **r} for k, r in rows.items()}
+    rows[step] = {"notebook": step, "seconds": f"{seconds:.0f}", "cores": str(cores), "device": device}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["notebook", "seconds", "cores"])
+        w = csv.DictWriter(f, fieldnames=["notebook", "seconds", "cores", "device"])
         w.writeheader()
         w.writerows(sorted(rows.values(), key=lambda r: (r["notebook"] != "data", r["notebook"])))
     return path
@@ -171,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="which trained MemoryTalker (default: 'smoke' when MTK_SMOKE=1, else 'default')")
     p.add_argument("--stage", type=int, default=None, choices=[1, 2],
                    help="1: the memory as stage 1 left it; 2 (default): stylized from the audio")
+    p.add_argument("--device", default="auto",
+                   help="where models run and train: auto (default: a CUDA GPU if torch sees one, else the CPU), cpu, "
+                        "cuda, cuda:<index> or mps")
     p.set_defaults(fn=cmd_animate)
     sub.add_parser("data", help="generate the SynthVOCA datasets").set_defaults(fn=cmd_data)
     p = sub.add_parser("reproduce", help="run every notebook with the default preset")
@@ -178,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell-timeout", type=int, default=None,
                    help="seconds one cell may run before reproduce stops with an error (default: no limit; "
                         "notebook 04 trains nine models in one cell, about 23 min on 2 cores)")
+    p.add_argument("--device", default="auto",
+                   help="where the notebooks' models train: auto (default: a CUDA GPU if torch sees one, else the "
+                        "CPU), cpu, cuda, cuda:<index> or mps; evaluation and figures run on the CPU")
     p.set_defaults(fn=cmd_reproduce)
     p = sub.add_parser("strip-notebooks", help="clear notebook outputs")
     p.add_argument("paths", nargs="*", help="notebooks to strip (default: every notebook under notebooks/)")

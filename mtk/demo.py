@@ -29,23 +29,28 @@ def default_preset() -> str:
     return "smoke" if smoke() else "default"
 
 
-def trained_model(preset: str | None = None, progress: bool = True):
+def trained_model(preset: str | None = None, progress: bool = True, device: str | None = None):
     """The preset's MemoryTalker (both stages), in eval mode: this machine's trained run, else the one shipped
-    with the kit if its recipe is the code's, else trained on first use (`mtk.shipped.load_or_train`)."""
+    with the kit if its recipe is the code's, else trained on first use (`mtk.shipped.load_or_train`), on
+    `device` (default "auto": a CUDA GPU if torch sees one, else the CPU; `train.resolve_device`)."""
     from . import shipped
-    model, _ = shipped.load_or_train(preset or default_preset(), progress=progress)
-    return model
+    from .train import resolve_device
+    device = resolve_device(device or "auto")
+    model, _ = shipped.load_or_train(preset or default_preset(), progress=progress, device=device)
+    return model.to(device)
 
 
 def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | None = None, model=None,
-                 template=None, progress: bool = True, size: int = 480) -> dict:
+                 template=None, progress: bool = True, size: int = 480, device: str | None = None) -> dict:
     """Animate `audio_path` and write every requested output. Returns {suffix: path} and the frame count.
 
     Everything the user gave is checked before any dataset generation, training or rendering
     (`mtk.checks`): the outputs' types and folders, the audio file, the stage. preset: "default" or
     "smoke" (default: "smoke" when MTK_SMOKE=1, else "default"); ignored when `model` is given.
-    template: default the model's own neutral face.
+    template: default the model's own neutral face. device: where the model runs (and trains, if it must):
+    "auto" (default), "cpu", "cuda[:i]" or "mps" (`train.resolve_device`); ignored when `model` is given.
     """
+    from .train import resolve_device
     audio_path = Path(audio_path)
     outs = check_outputs(out_paths)
     audio = load_audio(audio_path)                                   # (N,) 16 kHz mono, or a clear error
@@ -56,7 +61,8 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
     except ValueError as e:
         raise ValueError(f"{audio_path}: {e}") from None
     if model is None:
-        model = trained_model(preset, progress)
+        device = resolve_device(device or "auto")                    # a wrong device fails here, before any work
+        model = trained_model(preset, progress, device)
     template = template if template is not None else model.template
     try:
         verts = model.animate(audio, 16000, template, stage=stage)   # (T, V, 3)

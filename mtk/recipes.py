@@ -13,6 +13,7 @@ Presets (for MemoryTalker):
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from .audio import AudioConfig, config_dict, pretrain_on_phonemes
 from .data import FaceDataset, Sequence, collate, motion_scale
 from .model import MemoryTalker, ModelConfig
 from .paths import runs_dir
-from .train import TrainConfig, config_hash, fit, to_device
+from .train import TrainConfig, config_hash, fit, resolve_device, to_device
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Recipe:
     trainer: object = None               # a method's own load_or_train(recipe, dataset, progress) if it needs one
 
     def key(self, dataset) -> str:
-        return config_hash(self.model.to_dict(), self.stage1.__dict__, self.stage2 and self.stage2.__dict__,
+        return config_hash(self.model.to_dict(), self.stage1.identity_dict(), self.stage2 and self.stage2.identity_dict(),
                            dataset_key(dataset), self.model_class.__name__,
                            self.shares_stage1 and self.shares_stage1.key(dataset))
 
@@ -59,7 +60,7 @@ def identity(recipe: Recipe, dataset) -> dict:
         audio["pretrained"] = PurePath(audio["pretrained"]).name
     return json.loads(json.dumps({
         "name": recipe.name, "class": recipe.model_class.__name__, "model": model,
-        "stage1": recipe.stage1.to_dict(), "stage2": recipe.stage2 and recipe.stage2.to_dict(),
+        "stage1": recipe.stage1.identity_dict(), "stage2": recipe.stage2 and recipe.stage2.identity_dict(),
         "dataset": dataset_key(dataset)}, default=str))
 
 
@@ -186,15 +187,45 @@ def build(recipe: Recipe, dataset):
     return recipe.model_class.from_dataset(recipe.model, dataset)
 
 
-def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2)) -> tuple[MemoryTalker, dict]:
+def on_device(recipe: Recipe, device: str) -> Recipe:
+    """The same recipe (the same run folder: the device is not part of its key) training on `device`."""
+    return replace(recipe, stage1=replace(recipe.stage1, device=device),
+                   stage2=recipe.stage2 and replace(recipe.stage2, device=device),
+                   shares_stage1=recipe.shares_stage1 and on_device(recipe.shares_stage1, device))
+
+
+def training_device(device: str | None = None, recipe: Recipe | None = None) -> str:
+    """The device a training runs on: `device` if given, else the environment's MTK_DEVICE (what
+    `mtk reproduce --device` sets for the notebooks), else the recipe's ("auto": a CUDA GPU if torch sees
+    one, else the CPU). Checked here (`train.resolve_device`), with the setting's source in the error."""
+    if device:
+        source, name = "device", device
+    elif os.environ.get("MTK_DEVICE"):
+        source, name = "MTK_DEVICE", os.environ["MTK_DEVICE"]
+    else:
+        source, name = "the recipe's device", recipe.stage1.device if recipe is not None else "auto"
+    try:
+        return resolve_device(name)
+    except ValueError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2),
+                  device: str | None = None) -> tuple[MemoryTalker, dict]:
     """-> (model after the last requested stage, {"stage1": model copy's state, "history1": ..., ...}).
+
+    device: where it trains (`training_device`: this argument, else MTK_DEVICE, else the recipe's "auto").
+    The model comes back on the CPU whatever it trained on, so evaluation and figures run alike everywhere.
 
     Stage 1 and stage 2 are separate checkpoints (`stage1.*`, `stage2.*`: `mtk.checkpoint`); the
     returned dict also holds the stage-1 weights so both models can be compared. A finished model with
     `save_pretrained` is also written to `<run>/model/` (load it with `from_pretrained`, no dataset needed).
     """
+    recipe = on_device(recipe, training_device(device, recipe))
     if recipe.trainer is not None:                       # e.g. UniTalker trains on two datasets
-        return recipe.trainer(recipe, dataset, progress)
+        model, out = recipe.trainer(recipe, dataset, progress)
+        out["stage1_state"] = {k: v.cpu() for k, v in out["stage1_state"].items()}
+        return model.cpu(), out
     run = recipe.run_dir(dataset)
     run.mkdir(parents=True, exist_ok=True)
     (run / "recipe.json").write_text(json.dumps(
@@ -206,18 +237,18 @@ def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2))
     n_train = len(dataset.train_subjects)
     out: dict = {"run_dir": run}
     if recipe.shares_stage1 is not None:
-        src, src_out = load_or_train(recipe.shares_stage1, dataset, progress, stages=(1,))
+        src, src_out = load_or_train(recipe.shares_stage1, dataset, progress, (1,), recipe.stage1.device)
         model.load_state_dict({k: v for k, v in src_out["stage1_state"].items()
                                if not k.startswith("style_encoder.")}, strict=False)
         h1 = src_out["history1"]
     else:
         h1 = fit(model, train, recipe.stage1, run / "stage1", n_train, val, progress=progress)
     out["history1"] = h1
-    out["stage1_state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out["stage1_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     if 2 in stages and recipe.stage2 is not None and getattr(recipe.model, "use_memory", True):
         h2 = fit(model, train, recipe.stage2, run / "stage2", n_train, val, progress=progress)
         out["history2"] = h2
-    model.eval()
+    model.eval().cpu()
     if hasattr(model, "save_pretrained") and tuple(stages) == (1, 2) and not (run / "model" / "config.json").exists():
         model.save_pretrained(run / "model")
     return model, out

@@ -108,12 +108,13 @@ def _finished_here(preset: str):
     return (recipe, ds) if (recipe.run_dir(ds) / "model" / "config.json").exists() else (None, None)
 
 
-def load_or_train(preset: str, progress: bool = True) -> tuple[MemoryTalker, dict]:
-    """The preset's trained MemoryTalker: this machine's run, else the shipped one, else trained now (see the
-    module docstring). -> (model in eval mode, trained dict as `recipes.load_or_train`'s)."""
+def load_or_train(preset: str, progress: bool = True, device: str | None = None) -> tuple[MemoryTalker, dict]:
+    """The preset's trained MemoryTalker: this machine's run, else the shipped one, else trained now on
+    `device` (see the module docstring). -> (model in eval mode on the CPU, trained dict as
+    `recipes.load_or_train`'s)."""
     recipe, ds = _finished_here(preset)
     if recipe is not None:
-        model, trained = recipes.load_or_train(recipe, ds, progress=progress)
+        model, trained = recipes.load_or_train(recipe, ds, progress=progress, device=device)
         return model.eval(), trained
     f, why = check(preset)
     if f is not None:
@@ -123,6 +124,7 @@ def load_or_train(preset: str, progress: bool = True) -> tuple[MemoryTalker, dic
           "phoneme pretraining, then both stages; later calls load it).", flush=True)
     from .data import load_dataset
     ds = load_dataset(preset, progress=progress)
-    model, trained = recipes.load_or_train(recipes.memorytalker(preset, ds, progress=progress), ds, progress=progress)
+    model, trained = recipes.load_or_train(recipes.memorytalker(preset, ds, progress=progress), ds, progress=progress,
+                                           device=device)
     return model.eval(), trained
 

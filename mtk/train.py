@@ -40,7 +40,8 @@ class TrainConfig(Config):
     lr: float = 1e-4
     batch_size: int = 1
     seed: int = 0
-    device: str = "cpu"
+    device: str = "auto"                  # where it trains (`resolve_device`): "auto", "cpu", "cuda[:i]", "mps";
+                                          # not part of a run's identity (`identity_dict`)
     grad_clip: float | None = None
     max_batches: int | None = None        # cap batches per epoch (smoke tests)
     triplets: str = "sampled"             # stage 2: "sampled" (released: a positive and a negative per clip,
@@ -50,10 +51,17 @@ class TrainConfig(Config):
                                           # but not exact (see docs/performance.md), so off by default
     normalize_loss: bool = True           # divide the loss by motion_scale^2 before backward (see `loss_scale`)
 
+    def identity_dict(self) -> dict:
+        """The config as a run's key hashes it. The device is not part of it: the same recipe trained on a
+        GPU is the same model (up to floating-point order), so a run trained on one device is found and
+        resumed on another. It is hashed as "cpu", the value every key made before the device could be
+        chosen holds, so those runs (and the shipped model's identity) stay valid."""
+        return {**self.to_dict(), "device": "cpu"}
+
     @classmethod
     def paper(cls, stage: int, **kw) -> "TrainConfig":
         kw = {"epochs": 100, "lr": 1e-4 if stage == 1 else 5e-5, "normalize_loss": False, **kw}
-        return cls(stage=stage, batch_size=1, device="cuda" if torch.cuda.is_available() else "cpu", **kw)
+        return cls(stage=stage, batch_size=1, **kw)
 
     @classmethod
     def default(cls, stage: int, **kw) -> "TrainConfig":
@@ -79,6 +87,35 @@ def loss_scale(model, cfg: TrainConfig) -> float:
         return 1.0
     s = getattr(mcfg, "motion_scale", 1.0)
     return 1.0 / s ** 2 if s != 1.0 else 1.0
+
+
+def resolve_device(name: str) -> str:
+    """The torch device for "auto", "cpu", "cuda", "cuda:<i>" or "mps", checked against this machine.
+
+    "auto" is the first CUDA GPU when torch sees one, else the CPU (Apple's "mps" only when asked for:
+    not every operation the kit uses has an MPS kernel). Raises ValueError naming the device and what
+    this machine has, so a wrong `--device` fails before any data is generated or any model built.
+    """
+    name = str(name).strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    kind, _, index = name.partition(":")
+    if kind == "cuda" and (not index or index.isdigit()):
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(f"device {name!r}: torch sees no CUDA GPU on this machine (torch {torch.__version__}, "
+                             f"CUDA build: {torch.version.cuda or 'no'}); expected 'cpu' or 'auto' here")
+        if index and int(index) >= n:
+            raise ValueError(f"device {name!r}: this machine has {n} CUDA GPU(s) (cuda:0 to cuda:{n - 1})")
+        return name
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"device {name!r}: Apple's Metal backend is not available on this machine; "
+                             "expected 'cpu' or 'auto' here")
+        return name
+    raise ValueError(f"device {name!r}: expected 'auto', 'cpu', 'cuda', 'cuda:<index>' or 'mps'")
 
 
 def seed_everything(seed: int) -> None:
@@ -292,13 +329,14 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
 
     ckpt = Path(ckpt)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     model.to(device)
     params = model.stage_parameters(cfg.stage)
     with trainable_only(model, params):
         groups = model.param_groups(cfg.stage, cfg.lr) if hasattr(model, "param_groups") else [{"params": params}]
         opt = torch.optim.Adam(groups, lr=cfg.lr, fused=True)          # one kernel for all parameters
-        key = config_hash(asdict(cfg), getattr(model, "cfg", None) and model.cfg.to_dict(), [s.name for s in train])
+        model_cfg = getattr(model, "cfg", None) and model.cfg.to_dict()
+        key = config_hash(cfg.identity_dict(), model_cfg, [s.name for s in train])
         history = {"train": [], "val": [], "seconds": []}
         start = 0
         if (record := checkpoint.load_training_state(ckpt, key, model, opt, device)) is not None:

@@ -25,6 +25,26 @@ def test_the_shipped_default_model_is_the_codes_default_recipe():
     assert sum(f.stat().st_size for f in folder.iterdir()) < 20e6
 
 
+def test_the_device_is_not_part_of_a_runs_identity(trained, smoke_ds, monkeypatch):
+    """A run trained on a GPU is the same recipe on a CPU: same folder, same shipped identity, and its finished
+    checkpoints load (not retrain) whatever device is asked for; the model comes back on the CPU."""
+    r, model, out = trained
+    gpu = recipes.on_device(r, "cuda")
+    assert gpu.stage1.device == gpu.stage2.device == "cuda" and r.stage1.device != "cuda"
+    assert gpu.run_dir(smoke_ds) == r.run_dir(smoke_ds)
+    assert recipes.identity(gpu, smoke_ds) == recipes.identity(r, smoke_ds)
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished run must load, not train, on another device setting")
+    monkeypatch.setattr("mtk.train.FaceDataset", no_training)         # built only when an epoch is to run
+    again, _ = recipes.load_or_train(recipes.on_device(r, "cpu"), smoke_ds, progress=False, device="auto")
+    assert {p.device.type for p in again.parameters()} == {"cpu"}
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    monkeypatch.setenv("MTK_DEVICE", "quantum")
+    with pytest.raises(ValueError, match="MTK_DEVICE: device 'quantum': expected 'auto', 'cpu'"):
+        recipes.load_or_train(r, smoke_ds, progress=False)
+
+
 @pytest.fixture
 def shipped_dir(tmp_path, monkeypatch, trained, smoke_ds):
     """The smoke run of `trained` (conftest: one batch per epoch) shipped into a temporary package folder."""

@@ -181,9 +181,11 @@ def test_reproduce_records_timings(tmp_path, monkeypatch):
 
     from mtk.__main__ import record_timing
     monkeypatch.setenv("MTK_FIGURES", str(tmp_path))
+    (tmp_path / "timings.csv").write_text("notebook,seconds,cores\n03_stage2_animating,300,2\n")   # no device column
     record_timing("02_stage1_memorizing", 61.4)
     record_timing("data", 12.0)
-    path = record_timing("02_stage1_memorizing", 58.6)                 # a rerun replaces its own row only
+    path = record_timing("02_stage1_memorizing", 58.6, "cuda")         # a rerun replaces its own row only
     rows = list(csv.DictReader(open(path)))
-    assert [r["notebook"] for r in rows] == ["data", "02_stage1_memorizing"]
+    assert [r["notebook"] for r in rows] == ["data", "02_stage1_memorizing", "03_stage2_animating"]
     assert rows[1]["seconds"] == "59" and int(rows[1]["cores"]) >= 1
+    assert [r["device"] for r in rows] == ["cpu", "cuda", "cpu"]        # older rows ran on the CPU

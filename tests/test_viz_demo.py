@@ -4,6 +4,7 @@ import io
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from mtk import demo, viz
 from mtk.configs import Config
@@ -139,17 +140,44 @@ def test_cli_animate_follows_mtk_smoke(smoke, expected, smoke_ds, tmp_path, monk
     class Stop(Exception):
         pass
 
-    def fake_load_or_train(preset, progress=True):
-        seen.append(preset)
+    def fake_load_or_train(preset, progress=True, device=None):
+        seen.append((preset, device))
         raise Stop
     monkeypatch.setattr(mtk.shipped, "load_or_train", fake_load_or_train)
     monkeypatch.setenv("MTK_SMOKE", smoke)
     sf.write(tmp_path / "ok.wav", smoke_ds.sequences("test")[0].audio(), 16000)
     with pytest.raises(Stop):
         main(["animate", str(tmp_path / "ok.wav"), "--out", str(tmp_path / "x.npy")])
-    assert seen == [expected]
+    assert seen == [(expected, "cuda" if torch.cuda.is_available() else "cpu")]       # --device auto
     with pytest.raises(SystemExit, match="mtk animate: .*unsupported output"):
         main(["animate", str(tmp_path / "ok.wav"), "--out", str(tmp_path / "x.gif")])
+
+
+def test_a_device_this_machine_lacks_is_refused_before_any_work(smoke_ds, tmp_path, monkeypatch):
+    """`--device` names where the model runs; a device torch cannot use stops `animate` and `reproduce` with
+    the device, what this machine has and what was expected, before any data, training or notebook."""
+    import mtk.shipped
+    from mtk.__main__ import main
+
+    def no_work(*a, **k):
+        raise AssertionError("a bad device must be refused before any work")
+    monkeypatch.setattr(mtk.shipped, "load_or_train", no_work)
+    monkeypatch.setattr("mtk.__main__.cmd_data", no_work)
+    sf.write(tmp_path / "ok.wav", smoke_ds.sequences("test")[0].audio(), 16000)
+    animate = ["animate", str(tmp_path / "ok.wav"), "--out", str(tmp_path / "x.npy"), "--device"]
+    with pytest.raises(SystemExit, match="mtk animate: device 'tpu': expected 'auto', 'cpu', 'cuda'"):
+        main(animate + ["tpu"])
+    with pytest.raises(SystemExit, match="mtk reproduce --device: device 'gpu': expected 'auto', 'cpu'"):
+        main(["reproduce", "--device", "gpu"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="device 'cuda': torch sees no CUDA GPU on this machine"):
+            main(animate + ["cuda"])
+        with pytest.raises(SystemExit, match="mtk reproduce --device: device 'cuda:1': torch sees no CUDA GPU"):
+            main(["reproduce", "--device", "cuda:1"])
+    else:
+        n = torch.cuda.device_count()
+        with pytest.raises(SystemExit, match=f"device 'cuda:{n}': this machine has {n} CUDA GPU"):
+            main(animate + [f"cuda:{n}"])
 
 
 def test_configs_round_trip():

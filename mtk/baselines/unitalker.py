@@ -78,8 +78,8 @@ from ..paths import data_dir
 from ..recipes import build, dataset_key, method_recipe
 from ..synthvoca import SynthConfig, generate
 from .. import checkpoint
-from ..train import (TrainConfig, check_finite, config_hash, evaluate_loss, seed_everything, to_device,
-                     trainable_only)
+from ..train import (TrainConfig, check_finite, config_hash, evaluate_loss, resolve_device, seed_everything,
+                     to_device, trainable_only)
 
 
 def second_dataset_config(preset: str) -> dict:
@@ -412,7 +412,7 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
 
     ckpt_path = Path(ckpt_path)
     ckpt_path.parent.mkdir(parents=True, exist_ok=True)
-    device = torch.device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     model.to(device)
     model.trained_jointly = True
     params = model.stage_parameters(cfg.stage)
@@ -421,7 +421,7 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
         opt = torch.optim.Adam(params, lr=cfg.lr, fused=True)
         history = {"train": [], "val": [], "seconds": []}
         start = 0
-        key = config_hash(cfg.to_dict(), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
+        key = config_hash(cfg.identity_dict(), model.cfg.to_dict(), [[s.name for s in seqs] for seqs, _ in datasets])
         if (record := checkpoint.load_training_state(ckpt_path, key, model, opt, device)) is not None:
             history, start = record["history"], record["epoch"]
             if start >= cfg.epochs:
