@@ -170,74 +170,44 @@ def read_flame_masks(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def read_ply(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Vertices (V, 3) and triangles (F, 3) of an ASCII or binary little-endian PLY (FLAME_sample.ply)."""
+    """Vertices (V, 3) and triangles (F, 3) of a PLY file (FLAME_sample.ply), any of PLY's three encodings
+    (`plyfile`). Raises ValueError naming the file for anything but a triangle mesh with valid indices."""
+    from plyfile import PlyData
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: PLY file not found")
-    data = path.read_bytes()
-    end = data.find(b"end_header")
-    if not data.startswith(b"ply") or end < 0:
-        raise ValueError(f"{path}: not a PLY file (no 'ply' magic or 'end_header')")
-    header = data[:end].decode("ascii", "replace").splitlines()
-    body = data[data.index(b"\n", end) + 1:]
-    fmt = next((ln.split()[1] for ln in header if ln.startswith("format")), "")
-    elements: list[tuple[str, int, list[tuple[str, ...]]]] = []
-    for ln in header:
-        p = ln.split()
-        if p[:1] == ["element"]:
-            elements.append((p[1], int(p[2]), []))
-        elif p[:1] == ["property"] and elements:
-            elements[-1][2].append(tuple(p[1:]))
-    types = {"char": "i1", "uchar": "u1", "short": "i2", "ushort": "u2", "int": "i4", "uint": "u4",
-             "float": "f4", "double": "f8", "int8": "i1", "uint8": "u1", "int16": "i2", "uint16": "u2",
-             "int32": "i4", "uint32": "u4", "float32": "f4", "float64": "f8"}
-    verts = faces = None
-    if fmt == "ascii":
-        lines = body.decode("ascii", "replace").split("\n")
-        pos = 0
-        for name, count, props in elements:
-            rows = [ln.split() for ln in lines[pos:pos + count]]
-            pos += count
-            if name == "vertex":
-                names = [p[-1] for p in props]
-                cols = [names.index(c) for c in ("x", "y", "z")]
-                verts = np.array([[float(r[c]) for c in cols] for r in rows], np.float32)
-            elif name == "face":
-                faces = np.array([[int(v) for v in r[1:4]] for r in rows if r and int(r[0]) == 3], np.int32)
-    elif fmt == "binary_little_endian":
-        off = 0
-        for name, count, props in elements:
-            if name == "face" and props and props[0][0] == "list":
-                cnt_t, idx_t = types[props[0][1]], types[props[0][2]]
-                dt = np.dtype([("n", "<" + cnt_t), ("v", "<" + idx_t, 3)])
-                arr = np.frombuffer(body, dt, count, off)
-                if (arr["n"] != 3).any():
-                    raise ValueError(f"{path}: only triangle faces are supported")
-                faces = arr["v"].astype(np.int32)
-                off += arr.nbytes
-            else:
-                dt = np.dtype([(p[-1], "<" + types[p[0]]) for p in props])
-                arr = np.frombuffer(body, dt, count, off)
-                off += arr.nbytes
-                if name == "vertex":
-                    verts = np.stack([arr["x"], arr["y"], arr["z"]], 1).astype(np.float32)
-    else:
-        raise ValueError(f"{path}: PLY format {fmt!r} not supported (expected ascii or binary_little_endian)")
-    if verts is None or faces is None:
-        raise ValueError(f"{path}: PLY lacks a vertex or face element")
+    try:
+        ply = PlyData.read(str(path))
+    except Exception as e:                                           # plyfile raises several types
+        raise ValueError(f"{path}: not a PLY file plyfile can read ({type(e).__name__}: {e})") from None
+    names = [el.name for el in ply.elements]
+    if "vertex" not in names or "face" not in names:
+        raise ValueError(f"{path}: PLY lacks a vertex or face element (has {names})")
+    v = ply["vertex"]
+    verts = np.stack([v["x"], v["y"], v["z"]], 1).astype(np.float32)                 # (V, 3)
+    face = ply["face"]
+    lists = face[face.properties[0].name]                            # vertex_indices (or vertex_index), per face
+    if len(lists) and any(len(f) != 3 for f in lists):
+        raise ValueError(f"{path}: only triangle faces are supported (found faces of {sorted({len(f) for f in lists})} "
+                         "vertices)")
+    faces = np.stack(lists).astype(np.int32) if len(lists) else np.zeros((0, 3), np.int32)   # (F, 3)
+    if faces.size and (faces.min() < 0 or faces.max() >= len(verts)):
+        raise ValueError(f"{path}: face indices span [{faces.min()}, {faces.max()}], expected [0, {len(verts) - 1}]")
     return verts, faces
 
 
 def write_ply(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> None:
-    """Binary little-endian PLY, readable by `read_ply`, MeshLab and trimesh."""
+    """Binary little-endian PLY (`plyfile`), readable by `read_ply`, MeshLab and trimesh."""
+    from plyfile import PlyData, PlyElement
     v = np.asarray(vertices, np.float32).reshape(-1, 3)
-    f = np.asarray(faces, np.int32)
-    head = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(v)}\nproperty float x\n"
-            f"property float y\nproperty float z\nelement face {len(f)}\nproperty list uchar int vertex_indices\n"
-            "end_header\n").encode()
-    fa = np.zeros(len(f), np.dtype([("n", "u1"), ("v", "<i4", 3)]))
-    fa["n"], fa["v"] = 3, f
-    Path(path).write_bytes(head + v.astype("<f4").tobytes() + fa.tobytes())
+    f = np.asarray(faces, np.int32).reshape(-1, 3)
+    vert = np.zeros(len(v), [("x", "<f4"), ("y", "<f4"), ("z", "<f4")])
+    vert["x"], vert["y"], vert["z"] = v.T
+    face = np.zeros(len(f), [("vertex_indices", "<i4", (3,))])
+    face["vertex_indices"] = f
+    PlyData([PlyElement.describe(vert, "vertex"),
+             PlyElement.describe(face, "face", len_types={"vertex_indices": "u1"})], text=False,
+            byte_order="<").write(str(path))
 
 
 # ---------------------------------------------------------------------------

@@ -84,6 +84,18 @@ def test_save_load_and_ply_roundtrip(head, tmp_path):
     with pytest.raises(ValueError, match="not a PLY file"):
         (tmp_path / "bad.ply").write_text("hello")
         read_ply(tmp_path / "bad.ply")
+    head_txt = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n"
+                "element face 1\nproperty list uchar int vertex_index\nend_header\n0 0 0\n1 0 0\n0 1 0\n")
+    (tmp_path / "ascii.ply").write_text(head_txt + "3 0 1 2\n")          # ASCII, FLAME's "vertex_index" spelling
+    v, f = read_ply(tmp_path / "ascii.ply")
+    np.testing.assert_array_equal(v, [[0, 0, 0], [1, 0, 0], [0, 1, 0]])
+    np.testing.assert_array_equal(f, [[0, 1, 2]])
+    (tmp_path / "outside.ply").write_text(head_txt + "3 0 1 7\n")
+    with pytest.raises(ValueError, match=r"outside.ply: face indices span \[0, 7\], expected \[0, 2\]"):
+        read_ply(tmp_path / "outside.ply")
+    (tmp_path / "quad.ply").write_text(head_txt.replace("vertex 3", "vertex 4") + "1 1 0\n4 0 1 3 2\n")
+    with pytest.raises(ValueError, match="quad.ply: only triangle faces"):
+        read_ply(tmp_path / "quad.ply")
 
 
 def test_flame_template_interface(tmp_path):
