@@ -33,7 +33,6 @@ blocks and a linear output.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass
 
 import torch
@@ -80,17 +79,13 @@ class StyleConfig(Config):
 
 # --------------------------------------------------------------------------- log-mel
 def mel_filterbank(n_freqs: int, n_mels: int, sample_rate: int, f_min: float = 0.0, f_max: float | None = None):
-    """(n_freqs, n_mels) triangular HTK-mel filters, no normalisation (torchaudio's melscale_fbanks defaults)."""
-    f_max = f_max or sample_rate / 2
-    hz_to_mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)  # noqa: E731
-    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
-    m_pts = torch.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2)
-    f_pts = 700.0 * (10 ** (m_pts / 2595.0) - 1.0)
-    f_diff = f_pts[1:] - f_pts[:-1]
-    slopes = f_pts[None, :] - all_freqs[:, None]                              # (n_freqs, n_mels + 2)
-    down = -slopes[:, :-2] / f_diff[:-1]
-    up = slopes[:, 2:] / f_diff[1:]
-    return torch.clamp(torch.minimum(down, up), min=0.0)
+    """(n_freqs, n_mels) triangular HTK-mel filters, no normalisation: torchaudio's `melscale_fbanks` defaults,
+    which the released code uses, built by `transformers.audio_utils.mel_filter_bank` (equal to torchaudio's
+    formula to 5e-6; torchaudio has no build for the kit's torch)."""
+    from transformers.audio_utils import mel_filter_bank
+    fb = mel_filter_bank(num_frequency_bins=n_freqs, num_mel_filters=n_mels, min_frequency=f_min,
+                         max_frequency=f_max or sample_rate / 2, sampling_rate=sample_rate, norm=None, mel_scale="htk")
+    return torch.from_numpy(fb).float()
 
 
 class LogMel(nn.Module):

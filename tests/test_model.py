@@ -490,3 +490,22 @@ def test_dataset_mel_norm_standardises_the_training_clips(smoke_ds):
     assert torch.allclose(mels.mean(1), torch.zeros(mels.shape[0]), atol=1e-3)
     assert torch.allclose(mels.std(1), torch.ones(mels.shape[0]), atol=1e-3)
     assert {"mel_mean", "mel_std"} <= set(enc.state_dict())
+
+
+def test_mel_filters_are_torchaudios_htk_triangles():
+    """The style encoder's mel filters (transformers' `mel_filter_bank`) equal torchaudio's `melscale_fbanks`
+    defaults, which the released code uses, written out here: HTK mel points, unnormalised triangles."""
+    import math
+
+    from mtk.stylize import mel_filterbank
+    n_freqs, n_mels, sr = 201, 80, 16000
+    mel = lambda f: 2595.0 * math.log10(1.0 + f / 700.0)                        # noqa: E731
+    pts = [700.0 * (10 ** (m / 2595.0) - 1.0) for m in np.linspace(0.0, mel(sr / 2), n_mels + 2)]
+    freqs = np.linspace(0, sr // 2, n_freqs)
+    want = np.zeros((n_freqs, n_mels))
+    for j in range(n_mels):
+        lo, mid, hi = pts[j:j + 3]
+        want[:, j] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
+    got = mel_filterbank(n_freqs, n_mels, sr)
+    assert got.dtype == torch.float32 and got.shape == (n_freqs, n_mels)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
