@@ -257,7 +257,7 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
 
     from tqdm.auto import tqdm
 
-    from .articulation import PHONEMES
+    from .synthvoca.articulation import PHONEMES
     from .data import FaceDataset, collate, length_batches
 
     out_dir = Path(out_dir)

@@ -219,7 +219,7 @@ def _inference_models(which: Sequence[str], V3: int, n_train: int) -> dict:
                     return self._v
             return [_Clip() for _ in range(4)]
 
-    from mtk.template import Template
+    from mtk.synthvoca.template import Template
     stub = _Stub(Template.procedural("default"))
     models = {}
     for name in which:
@@ -246,9 +246,9 @@ def bench_inference(argv: Sequence[str] = ()) -> int:
 
     import torch
 
-    from mtk.corpus import SENTENCES
-    from mtk.speech import synthesize
-    from mtk.template import Template
+    from mtk.synthvoca.corpus import SENTENCES
+    from mtk.synthvoca.speech import synthesize
+    from mtk.synthvoca.template import Template
 
     audio = np.zeros(0, np.float32)
     i = 0

@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from . import articulation as art
+from .synthvoca import articulation as art
 from .metrics import PAPER_UNITS
 from .synthvoca import AUDIBLE_FACTORS, CAPTURE_FPS, STYLE_FACTORS, Speaker, articulate
 

@@ -176,7 +176,7 @@ def save_pretrained(folder: str | Path, model: torch.nn.Module, config: dict, te
 
 def read_pretrained(folder: str | Path, device="cpu") -> tuple[dict, dict[str, torch.Tensor], object]:
     """-> (config.json as a dict, the weights, the Template or None). Clear errors name the missing file."""
-    from .template import Template
+    from .synthvoca.template import Template
     folder = Path(folder)
     cfg_path, w_path = folder / "config.json", folder / "model.safetensors"
     for p in (cfg_path, w_path):

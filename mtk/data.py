@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .template import Template
+from .synthvoca.template import Template
 
 FPS = 30
 SAMPLE_RATE = 16000
@@ -119,7 +119,7 @@ class Sequence:
 
     def phoneme_labels(self, n_frames: int) -> np.ndarray:
         """(T,) int64 phoneme id per frame (the phoneme sounding at frame time t / 30), -1 if unknown."""
-        from .articulation import PHONEMES, strip_stress
+        from .synthvoca.articulation import PHONEMES, strip_stress
         if not self.phoneme_intervals:
             return np.full(n_frames, -1, np.int64)
         starts = np.array([p[0] for p in self.phoneme_intervals])
@@ -325,7 +325,7 @@ class VOCASET:
         if (self.root / "mtk_template.npz").exists():
             return Template.load(self.root / "mtk_template.npz").V
         if (self.root / "FLAME_sample.ply").exists():
-            from .template import read_ply
+            from .synthvoca.template import read_ply
             return len(read_ply(self.root / "FLAME_sample.ply")[0])
         sizes = [v.size for v in arrays.values()]
         return max(set(sizes), key=sizes.count) // 3

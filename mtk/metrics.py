@@ -39,6 +39,7 @@ import csv
 import dataclasses
 import hashlib
 import html
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -48,6 +49,8 @@ import scipy.linalg
 
 __all__ = [
     "PAPER_UNITS",
+    "NAMES",
+    "axis_label",
     "UNITS",
     "EvalResult",
     "MotionFeatureExtractor",
@@ -91,6 +94,20 @@ UNITS: dict[str, str] = {
     "lip_max_l2_mm": "mm",
     "mve_mm": "mm",
 }
+
+# Names as Table 1 prints them
+NAMES: dict[str, str] = {"fve": "FVE", "lve": "LVE", "fid": "FID", "ldtw": "LDTW", "lip_max": "Lip-max",
+                         "fdd": "FDD", "abs_fdd": "ABS-FDD", "lip_max_l2_mm": "Lip-max L2", "mve_mm": "MVE"}
+
+
+def axis_label(key: str) -> str:
+    """A figure's label for a metric in Table 1's scale, with its unit (matplotlib mathtext):
+    "FVE ($\\times10^{-6}$ m$^2$)", "FID ($\\times10^{-1}$)", "MVE (mm)"."""
+    unit = {"m^2": " m$^2$", "mm": " mm", "1": ""}[UNITS[key]]
+    if key not in PAPER_UNITS:
+        return f"{NAMES[key]} ({unit.strip()})" if unit else NAMES[key]
+    return f"{NAMES[key]} ($\\times10^{{{round(math.log10(PAPER_UNITS[key]))}}}${unit})"
+
 
 _M_TO_MM = 1e3
 

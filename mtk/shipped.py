@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 from . import checkpoint, recipes
 from .model import MemoryTalker
-from .template import Template
+from .synthvoca.template import Template
 
 SHIPPED_DIR = Path(__file__).parent / "pretrained"
 

@@ -6,7 +6,7 @@ torch.set_num_threads(1)
 import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from mtk.articulation import PHONEMES  # noqa: E402
+from mtk.synthvoca.articulation import PHONEMES  # noqa: E402
 from mtk.audio import AudioConfig  # noqa: E402
 from mtk.data import FaceDataset, collate  # noqa: E402
 from mtk.train import TrainConfig, fit  # noqa: E402

@@ -7,7 +7,7 @@ from mtk.baselines import scantalk, unitalker
 from mtk.baselines.scantalk import ScanTalk, ScanTalkConfig, mesh_operators
 from mtk.baselines.unitalker import PCAHead, UniTalker, UniTalkerConfig, fit_pca
 from mtk.data import FaceDataset, collate
-from mtk.template import Template
+from mtk.synthvoca.template import Template
 from mtk.train import TrainConfig, fit
 
 torch.set_num_threads(1)

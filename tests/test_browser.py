@@ -26,7 +26,7 @@ def _missing(what: str):
 
 @pytest.fixture(scope="module")
 def head():
-    from mtk.template import Template
+    from mtk.synthvoca.template import Template
     return Template.procedural("smoke")
 
 

@@ -103,7 +103,9 @@ def _import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom):
                 base = pkg.split(".")[:len(pkg.split(".")) - node.level + 1] if node.level else []
                 target = ".".join(base + ([node.module] if node.module else []))
-                names = [target] + [f"{target}.{a.name}" for a in node.names]
+                subs = [f"{target}.{a.name}" for a in node.names]
+                # `from . import articulation` imports the submodule; the package only if a name is not one
+                names = subs + ([target] if node.module or any(n not in mods for n in subs) else [])
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:

@@ -7,7 +7,7 @@ import torch
 
 from mtk import recipes, shipped
 from mtk.data import FaceDataset, collate
-from mtk.template import Template
+from mtk.synthvoca.template import Template
 
 torch.set_num_threads(1)
 

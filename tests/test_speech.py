@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from mtk.articulation import PHONEME_VISEME, strip_stress, viseme_segments
-from mtk.corpus import SENTENCES
-from mtk.speech import VOICES, pitch_for, synthesize
+from mtk.synthvoca.articulation import PHONEME_VISEME, strip_stress, viseme_segments
+from mtk.synthvoca.corpus import SENTENCES
+from mtk.synthvoca.speech import VOICES, pitch_for, synthesize
 
 
 def test_phoneme_times_cover_the_audio():
@@ -60,7 +60,7 @@ def test_breathy_voices_are_the_same_on_every_run():
 
 
 def test_elf_symbols_reads_what_it_can(tmp_path):
-    from mtk.speech import _elf_symbols
+    from mtk.synthvoca.speech import _elf_symbols
     (tmp_path / "not-elf.dylib").write_bytes(b"\xcf\xfa\xed\xfe" + bytes(64))
     assert _elf_symbols(tmp_path / "not-elf.dylib", {"espeak_srand"}) == {}
     import espeakng_loader
@@ -69,7 +69,7 @@ def test_elf_symbols_reads_what_it_can(tmp_path):
 
 
 def test_every_phoneme_has_an_ipa_label():
-    from mtk.articulation import IPA, PHONEMES, ipa
+    from mtk.synthvoca.articulation import IPA, PHONEMES, ipa
     assert set(IPA) == set(PHONEMES)
     assert ipa("'aI") == "aɪ" and ipa("D") == "ð" and ipa("tS") == "tʃ"
     assert ipa("@2") == "ə [@2]" and ipa("@") == "ə [@]"          # shared IPA: the espeak-ng code says which

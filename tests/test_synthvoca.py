@@ -56,7 +56,7 @@ BILABIALS, OPEN_VOWELS = ["p", "b", "m"], ["a", "A:", "aI", "aU", "V"]
 def lip_sync_lag(ds, shift: int = 0, max_lag: int = 8) -> tuple[int, float]:
     """The lag (frames) at which the lip gap best separates open vowels from bilabials, with the phoneme labels
     shifted by `shift` frames: -> (lag, separation in metres). Negative lag: the lips move before the sound."""
-    from mtk.articulation import PHONEMES
+    from mtk.synthvoca.articulation import PHONEMES
     t = ds.template
     clips = []
     for seq in ds.sequences("all", "all"):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from mtk.template import LANDMARKS, Template, read_ply, write_ply
+from mtk.synthvoca.template import LANDMARKS, Template, read_ply, write_ply
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import torch
 from mtk import demo, viz
 from mtk.configs import Config
 from mtk.model import ModelConfig
-from mtk.template import Template
+from mtk.synthvoca.template import Template
 
 
 @pytest.fixture(scope="module")

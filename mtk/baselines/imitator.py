@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..articulation import PHONEMES, strip_stress
+from ..synthvoca.articulation import PHONEMES, strip_stress
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..data import FaceDataset, collate

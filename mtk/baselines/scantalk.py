@@ -372,7 +372,7 @@ class ScanTalk(nn.Module):
         self.decoder = DiffusionNet(2 * W, 3, W, cfg.decoder_blocks, cfg.gradient_features)
         nn.init.zeros_(self.decoder.last.weight)
         nn.init.zeros_(self.decoder.last.bias)
-        self.template = template                      # a mtk.template.Template: its faces give the topology
+        self.template = template                      # a mtk.synthvoca.template.Template: its faces give the topology
 
     @classmethod
     def from_dataset(cls, cfg: ScanTalkConfig, dataset) -> "ScanTalk":

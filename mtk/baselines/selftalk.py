@@ -76,7 +76,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..articulation import PHONEMES
+from ..synthvoca.articulation import PHONEMES
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
 from ..losses import vertex_losses

@@ -1,0 +1,133 @@
+"""Measurements of a SynthVOCA dataset that need no model: how audible each speaker's style is from the
+audio alone (`style_audibility`), and what the motion is made of (`motion_report`). Notebook 01 reports
+both; the generator (`generator.py`) never imports this module."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .articulation import BASIS, PAUSES
+from .corpus import SENTENCES
+from .generator import AUDIBLE_FACTORS, SynthConfig, load_speakers, make_speakers, speak, speaker_template
+from .template import Template
+
+
+# --------------------------------------------------------------------------- how audible is style?
+def audio_features(x: np.ndarray, sr: int = 16000) -> np.ndarray:
+    """A few plain acoustic features of one utterance (no learning), for `style_audibility`.
+
+    [RMS level dB, spectral tilt dB (2-5 kHz vs 0.1-1 kHz), log mean spectral
+    centroid, 8 band log-energies relative to their mean], over voiced frames.
+    """
+    from scipy.signal import stft
+    f, _, Z = stft(x, sr, nperseg=512, noverlap=352)
+    P = np.abs(Z) ** 2 + 1e-10                                          # (F, frames)
+    e = P.sum(0)
+    voiced = e > 0.1 * np.median(e[e >= np.percentile(e, 50)])
+    Pv = P[:, voiced]
+    lo, hi = Pv[(f > 100) & (f < 1000)].sum(), Pv[(f > 2000) & (f < 5000)].sum()
+    cent = ((f[:, None] * Pv).sum(0) / Pv.sum(0)).mean()
+    edges = (100, 300, 600, 1000, 1600, 2400, 3400, 5000, 8000)
+    bands = np.log([Pv[(f >= a) & (f < b)].sum(0).mean() for a, b in zip(edges[:-1], edges[1:])])
+    return np.concatenate([[10 * np.log10(np.mean(x ** 2) + 1e-12), 10 * np.log10(hi / lo), np.log(cent)],
+                           bands - bands.mean()])
+
+
+def style_audibility(coupling: float, n_speakers: int = 36, sentences=(0, 5, 10), seed: int = 1) -> dict[str, float]:
+    """How well a speaker's audible style factors can be predicted from their audio alone.
+
+    Draws `n_speakers` speakers at this coupling, synthesises the same few
+    sentences for each, averages `audio_features` (plus the log duration of each
+    sentence relative to the other speakers: the speaking rate) per speaker, and
+    fits a ridge regression from features to each factor z_k. Reported: the
+    leave-one-speaker-out R^2 per factor (0 = chance, 1 = perfect; negative is
+    worse than predicting the mean). Deterministic.
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    cfg = SynthConfig(n_train=n_speakers, n_val=0, n_test=1, coupling=coupling, seed=seed)
+    speakers = make_speakers(cfg)[:n_speakers]
+    feats, durs = [], []
+    for spk in speakers:
+        rng = np.random.default_rng([seed, 4])
+        utts = [speak(spk, SENTENCES[i], rng) for i in sentences]
+        feats.append(np.mean([audio_features(u.audio) for u in utts], 0))
+        durs.append([u.duration for u in utts])
+    logd = np.log(np.array(durs))
+    X = np.column_stack([np.array(feats), (logd - logd.mean(0)).mean(1)])
+    X = (X - X.mean(0)) / (X.std(0) + 1e-9)
+    out = {}
+    for k in AUDIBLE_FACTORS:
+        y = np.array([s.z[k] for s in speakers])
+        pred = cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), X, y, cv=LeaveOneOut())
+        out[k] = float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+    return out
+
+
+# --------------------------------------------------------------------------- what the motion is made of
+def motion_report(root: str | Path, split: str = "train", variance: float = 0.95) -> dict:
+    """What a generated SynthVOCA's motion is made of, from its files (the 30 fps frames the loaders use).
+
+    energy     {articulator: share} of the lip region's motion energy, each articulator alone
+               (sum over frames and lip vertices of |w_k(t) B_k|^2; left and right fields summed), and
+               "cross" = the share of the total energy |sum_k w_k B_k|^2 the cross terms add or remove
+    n_pcs      principal components of the lower face's vertex offsets that explain `variance` of it
+               (eigenvalues of cov(W) B B^T: the offsets are W @ B, so no (frames, 3V) matrix is formed)
+    lip_gap    the vertical gap between the upper- and lower-lip midpoints (mm): percentiles over all frames,
+               the share of frames where the lips cross (gap < 0), and the rest aperture: the median gap in
+               pauses ("_", "_:", ...). The template's own gap is included, as in the loaded vertices.
+    """
+    root = Path(root)
+    meta = json.loads((root / "meta.json").read_text())
+    base = Template.load(root / "template.npz")
+    B = np.load(root / "basis.npz")["fields"].astype(np.float64)                 # (K, V, 3)
+    K = len(B)
+    speakers = {s.name: s for s in load_speakers(root)}
+    resolution = meta["config"]["resolution"]
+    lips, lower = base.mask("lips"), base.mask("lower_face")
+    up, lo = base.landmarks["upper_lip_mid"], base.landmarks["lower_lip_mid"]
+    Bl = B[:, lips].reshape(K, -1)
+    Bf = B[:, lower].reshape(K, -1)
+    dgap = B[:, up, 1] - B[:, lo, 1]                                                # (K,) gap change per unit weight
+    alone, total, frames, gaps, rest = np.zeros(K), 0.0, [], [], []
+    face_gap = {}                                                                   # speaker -> the neutral face's lip gap
+    for s in meta["sequences"]:
+        if speakers[s["subject"]].split != split:
+            continue
+        d = np.load(root / "seq" / f"{s['name']}.npz")
+        W = d["weights"].astype(np.float64)[::2]                                    # (T, K) at 30 fps
+        alone += (W ** 2).sum(0) * (Bl ** 2).sum(1)
+        total += float(((W @ Bl) ** 2).sum())
+        frames.append(W)
+        if s["subject"] not in face_gap:
+            t = speaker_template(base, speakers[s["subject"]], resolution).vertices
+            face_gap[s["subject"]] = t[up, 1] - t[lo, 1]
+        gap = face_gap[s["subject"]] + W @ dgap                                     # (T,) metres
+        gaps.append(gap)
+        times = np.arange(len(W)) / (meta["capture_fps"] / 2)
+        pause = np.zeros(len(W), bool)
+        for a, b, name in zip(d["ph_start"], d["ph_end"], d["ph_name"]):
+            if str(name) in PAUSES:
+                pause |= (times >= a) & (times < b)
+        rest.append(gap[pause])
+    if not frames:
+        raise ValueError(f"{root}: no clips of split {split!r}")
+    W = np.concatenate(frames)
+    groups = {}
+    for k, name in enumerate(BASIS):
+        g = name.rsplit("_", 1)[0] if name.endswith(("_l", "_r")) else name
+        groups[g] = groups.get(g, 0.0) + alone[k]
+    energy = {g: float(e / total) for g, e in groups.items()}
+    energy["cross"] = float(1.0 - alone.sum() / total)
+    C = np.cov(W, rowvar=False)                                                     # (K, K)
+    ev = np.sort(np.clip(np.linalg.eigvals(C @ (Bf @ Bf.T)).real, 0, None))[::-1]
+    n_pcs = int(np.searchsorted(np.cumsum(ev) / ev.sum(), variance) + 1)
+    g = np.concatenate(gaps) * 1000
+    r = np.concatenate(rest) * 1000
+    return {"split": split, "frames": len(W), "energy": energy, "n_pcs": n_pcs, "variance": variance,
+            "pc_shares": (ev / ev.sum()).tolist(),
+            "lip_gap": {"p0": float(g.min()), "p1": float(np.percentile(g, 1)), "p50": float(np.median(g)),
+                        "p99": float(np.percentile(g, 99)), "crossing": float((g < 0).mean()),
+                        "rest_median": float(np.median(r)) if len(r) else float("nan")}}
