@@ -75,21 +75,26 @@ def _draw_speaker(bound: str, spk: Speaker, coupling: float, rng: np.random.Gene
 
 
 def _clip(dataset, name: str):
-    """(speaker, phonemes, frames at 60 fps, noise, coupling) of a SynthVOCA clip."""
+    """(speaker, phonemes, frames at 60 fps, noise, coupling, generator version, lip contact geometry or None)
+    of a SynthVOCA clip."""
     d = dataset._seq_meta[name]
     z = dataset._npz(name)
     phonemes = [(float(a), float(b), str(c)) for a, b, c in zip(z["ph_start"], z["ph_end"], z["ph_name"])]
     cfg = dataset.meta["config"]
-    return dataset.speaker(d["subject"]), phonemes, int(d["frames_60fps"]), float(cfg["noise"]), float(cfg["coupling"])
+    version = int(cfg.get("version", 1))
+    contact = art.contact_geometry(dataset.template, dataset.basis, dataset.templates[d["subject"]].vertices) \
+        if version >= 2 else None
+    return (dataset.speaker(d["subject"]), phonemes, int(d["frames_60fps"]), float(cfg["noise"]),
+            float(cfg["coupling"]), version, contact)
 
 
 def draws(dataset, name: str, bound: str, n_draws: int, rng: np.random.Generator) -> np.ndarray:
     """(N, T, K) basis weights at 30 fps: `n_draws` samples of the clip's motion given the bound's information."""
     if bound not in BOUNDS:
         raise ValueError(f"bound {bound!r}: expected one of {BOUNDS}")
-    spk, phonemes, n60, noise, coupling = _clip(dataset, name)
+    spk, phonemes, n60, noise, coupling, version, contact = _clip(dataset, name)
     return np.stack([articulate(_draw_speaker(bound, spk, coupling, rng), phonemes, n60, CAPTURE_FPS, rng,
-                                noise)[::2] for _ in range(n_draws)]).astype(np.float64)
+                                noise, version, contact)[::2] for _ in range(n_draws)]).astype(np.float64)
 
 
 def _rng(dataset, name: str, seed: int) -> np.random.Generator:

@@ -47,3 +47,19 @@ def test_bounds_refuse_data_without_a_known_law():
         bounds.bounds(object())
     with pytest.raises(ValueError, match="n_draws"):
         bounds.clip_bounds(None, "x", n_draws=1)
+
+
+def test_version_2_bounds_draw_motion_with_the_same_lip_contact(tmp_path):
+    """On version-2 data the bounds draw motion as the generator does (lip contact included): every draw keeps
+    the lips uncrossed, and the bounds stay ordered."""
+    from mtk.data import SynthVOCA
+    from mtk.synthvoca import SynthConfig, generate
+    from mtk.synthvoca.articulation import contact_geometry
+    ds = SynthVOCA(generate(SynthConfig.smoke(version=2), root=tmp_path / "v2", progress=False))
+    s = ds.sequences("test")[0]
+    W = bounds.draws(ds, s.name, "style_blind", 8, np.random.default_rng(0))           # (N, T, K)
+    D, g0 = contact_geometry(ds.template, ds.basis, ds.templates[s.subject].vertices)
+    assert (g0 + W @ D).min() > -1e-6
+    rows = bounds.bounds(ds, "test", n_draws=32)                    # (8 draws: Monte Carlo noise can swap them)
+    fve = {r["bound"]: r["fve"] for r in rows if r["speaker"] == "all"}
+    assert 0 < fve["floor"] < fve["audible"] <= fve["style_blind"] * 1.05

@@ -269,3 +269,84 @@ def coarticulate(segments, times, targets, dominance, stiffness=1.0, lead=0.0, g
     num = (D * targets[None]).sum(1)
     den = D.sum(1) + 1e-4
     return num / den                                               # (T, A)
+
+
+# --------------------------------------------------------------------------- lip contact (version 2)
+# Version 2's lips are solids that meet and stop, and bilabials close them whatever the jaw does. Facts of
+# real articulation, decided before any model trained on version 2 (sources in docs/synthvoca-v2.md):
+#   * the lips cannot pass through each other: where they meet they press, so the lip gap is never negative;
+#   * a bilabial stop is a constriction goal: the lips close completely, and when the jaw is held open (bite
+#     blocks) or perturbed, the lips compensate and still close (task dynamics);
+#   * at rest the lips are sealed while the teeth are a few millimetres apart (the freeway space), and the
+#     jaw cannot rise past the teeth meeting (jaw weight >= 0: the template's pose has the teeth together).
+CLOSERS = ("close_l", "close_r", "tuck_l", "tuck_r")      # the basis fields that bring the lips together
+REST_SEAL_S = 0.12                                       # pauses this long seal the lips (time to close and open)
+
+
+def lip_pairs(template: Template) -> tuple[np.ndarray, np.ndarray]:
+    """The mouth slit's upper and lower vertices paired left to right: (P,) and (P,) vertex indices.
+    On the procedural head each pair shares its x (the slit is closed in the neutral face)."""
+    up, lo = template.mask("mouth_slit_upper"), template.mask("mouth_slit_lower")
+    if len(up) != len(lo) or not len(up):
+        raise ValueError(f"template {template.name!r}: mouth slit has {len(up)} upper and {len(lo)} lower vertices; "
+                         "expected equal, non-zero counts")
+    return up[np.argsort(template.vertices[up, 0])], lo[np.argsort(template.vertices[lo, 0])]
+
+
+def contact_geometry(template: Template, basis: np.ndarray, neutral: np.ndarray | None = None):
+    """What lip contact needs: D (K, P), the vertical lip gap each basis field opens per unit weight at each
+    slit pair, and g0 (P,), the gap of the neutral face (`neutral`: a speaker's vertices; default the template's).
+    The gap at frame t is g(t) = g0 + W(t) @ D (metres): motion is linear in the weights."""
+    iu, il = lip_pairs(template)
+    v = template.vertices if neutral is None else neutral
+    return (basis[:, iu, 1] - basis[:, il, 1]).astype(np.float64), (v[iu, 1] - v[il, 1]).astype(np.float64)
+
+
+def closure_demand(segments, times: np.ndarray, ramp: float = 0.03) -> np.ndarray:
+    """(T,) in [0, 1]: where the lips must be closed. 1 over each bilabial segment (a stop's closure is its
+    silence: the lips are closed while the sound says so, so the demand is not moved by the speaker's lead),
+    over pauses of at least `REST_SEAL_S` and over the pauses that begin or end a clip (the lips sealed at
+    rest); it rises over the `ramp` seconds before a segment and falls over the `ramp` seconds after it."""
+    h = np.zeros(len(times))
+    last = len(segments) - 1
+    for i, (t0, t1, v, _, _) in enumerate(segments):
+        if v == "PP" or (v == "sil" and (t1 - t0 >= REST_SEAL_S or i in (0, last))):
+            h = np.maximum(h, _smoothstep(t0 - ramp, t0, times) * (1 - _smoothstep(t1, t1 + ramp, times)))
+    return h
+
+
+def lip_contact(W: np.ndarray, D: np.ndarray, g0: np.ndarray, demand: np.ndarray | None = None) -> np.ndarray:
+    """Basis weights (T, K) whose lips close where `demand` asks and otherwise meet and stop.
+
+    1. Closure goal: where demand h(t) > 0 each side's closure moves towards c(t), the symmetric closure that
+       shuts the two middle slit pairs: close = (1 - h) close + h c (not below (1 - h) close).
+    2. Contact: the closing fields (`CLOSERS`) are scaled per frame by
+       s(t) = min(1, min_p g_open(t, p) / -g_close(t, p)), with g_open = g0 + W_open D_open >= 0 the gap the
+       other fields leave and g_close = W_close D_close <= 0 what closure would take, so g(t, p) >= 0 at every
+       pair and equals 0 at the pair that limits.
+    Needs every non-closing field to open the gap (D >= 0 where its weights are >= 0); raises ValueError if
+    the open gap is negative somewhere.
+    """
+    closers = np.array([b in CLOSERS for b in BASIS])
+    out = W.astype(np.float64).copy()
+    g_open = g0[None] + out[:, ~closers] @ D[~closers]                 # (T, P)
+    if (g_open < -1e-9).any():
+        t, p = np.argwhere(g_open < -1e-9)[0]
+        raise ValueError(f"lip contact: the lips already overlap by {-g_open[t, p] * 1000:.3f} mm at frame {t}, "
+                         f"pair {p} without closure (a weight that closes the lips outside {CLOSERS})")
+    if demand is not None:
+        cl, cr = BASIS.index("close_l"), BASIS.index("close_r")
+        mid = [D.shape[1] // 2 - 1, D.shape[1] // 2]
+        per_unit = D[cl, mid] + D[cr, mid]                             # (2,) gap per unit of closure, < 0
+        others = [k for k in range(len(BASIS)) if k not in (cl, cr)]
+        g_rest = g0[mid][None] + out[:, others] @ D[others][:, mid]     # (T, 2): the gap without close
+        need = (np.maximum(g_rest, 0.0) / -per_unit).max(1)            # (T,) closure that shuts both middle pairs
+        # where the lips must close they close on both sides alike (contact is not a matter of style)
+        for k in (cl, cr):
+            out[:, k] = np.maximum((1 - demand) * out[:, k] + demand * need, out[:, k] * (1 - demand))
+    g_close = out[:, closers] @ D[closers]                             # (T, P), <= 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(g_close < 0, np.maximum(g_open, 0.0) / -g_close, np.inf)
+    s = np.minimum(1.0, ratio.min(1))                                  # (T,)
+    out[:, closers] *= s[:, None]
+    return out.astype(W.dtype)

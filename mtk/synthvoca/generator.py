@@ -66,7 +66,11 @@ from .speech import VOICES, pitch_for, synthesize
 from .template import IDENTITY_SHAPES, Template
 
 FORMAT_VERSION = 1         # the layout on disk (data.SynthVOCA reads it)
-GENERATOR_VERSIONS = {1: "the kit's first SynthVOCA (jaw-dominated motion; documented in notebook 01)"}
+GENERATOR_VERSIONS = {
+    1: "the kit's first SynthVOCA (jaw-dominated motion; documented in notebook 01)",
+    2: "DRAFT, may still change (not pinned by a fingerprint yet): lips that meet and stop (never cross), "
+       "close on bilabials and at rest; docs/synthvoca-v2.md",
+}
 STYLE_FACTORS = ("effort", "rate", "round", "open_idio", "spread", "stiffness", "lead", "rest", "asym", "brow")
 AUDIBLE_FACTORS = ("effort", "rate", "round")
 CAPTURE_FPS = 60           # like VOCASET's raw capture; loaders take every second frame -> 30 fps
@@ -271,8 +275,17 @@ def speak(spk: Speaker, text: str, rng: np.random.Generator):
 
 
 def articulate(spk: Speaker, phonemes, n_frames: int, fps: float, rng: np.random.Generator,
-               noise: float = 1.0) -> np.ndarray:
-    """Basis weights (T, K) for phoneme intervals, in this speaker's style, at `fps`."""
+               noise: float = 1.0, version: int = 1, contact: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> np.ndarray:
+    """Basis weights (T, K) for phoneme intervals, in this speaker's style, at `fps`.
+
+    version 2 (a draft until its data are pinned, `GENERATOR_VERSIONS`): the jaw does not rise past the teeth
+    meeting, bilabials and long pauses close the lips (`articulation.closure_demand`), and the lips meet and
+    stop (`articulation.lip_contact`, with `contact` = (D, g0) of this speaker's face from
+    `articulation.contact_geometry`). Version 1 is unchanged.
+    """
+    if version >= 2 and contact is None:
+        raise ValueError("articulate(version=2) needs `contact` (articulation.contact_geometry of the speaker's face)")
     segs = art.viseme_segments(phonemes)
     vis = [s[2] for s in segs]
     stress = np.array([s[3] for s in segs])
@@ -295,6 +308,8 @@ def articulate(spk: Speaker, phonemes, n_frames: int, fps: float, rng: np.random
     drift = gaussian_filter1d(rng.standard_normal((n_frames, 6)), sigma=0.06 * fps, axis=0, mode="nearest")
     A = A + drift / (drift.std(0, keepdims=True) + 1e-9) * sig
     A[:, 1:] = np.maximum(A[:, 1:], 0.0)
+    if version >= 2:
+        A[:, 0] = np.maximum(A[:, 0], 0.0)                            # the jaw stops where the teeth meet
 
     W = np.zeros((n_frames, len(art.BASIS)), np.float32)
     W[:, art.BASIS.index("jaw")] = A[:, 0]
@@ -316,6 +331,8 @@ def articulate(spk: Speaker, phonemes, n_frames: int, fps: float, rng: np.random
         blink = np.maximum(blink, np.where(d < 0, np.exp(-0.5 * (d / 0.035) ** 2), np.exp(-0.5 * (d / 0.065) ** 2)))
         t += 0.25 + rng.exponential(1 / spk.blink_rate)
     W[:, art.BASIS.index("blink")] = blink
+    if version >= 2:
+        W = art.lip_contact(W, *contact, demand=art.closure_demand(segs, times))
     return W
 
 
@@ -347,12 +364,14 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
         np.savez_compressed(tmp / "basis.npz", fields=B, names=np.array(art.BASIS))
         seq_meta = []
         train_weights: dict[str, list[np.ndarray]] = {}                  # subject -> (T60, K) per clip
+        faces = {s.name: speaker_template(base, s, cfg.resolution) for s in speakers}
+        contact = {n: art.contact_geometry(base, B, t.vertices) for n, t in faces.items()} if cfg.version >= 2 else {}
         jobs = [(s, k, idx) for s in speakers for k, idx in enumerate(sentences[s.name], start=1)]
         for spk, k, idx in tqdm(jobs, desc=f"SynthVOCA {cfg.name}", disable=not progress):
             rng = np.random.default_rng([cfg.seed, 3, int(spk.name[-2:]), k])
             utt = speak(spk, SENTENCES[idx], rng)
             n60 = int(np.floor(utt.duration * CAPTURE_FPS))
-            W = articulate(spk, utt.phonemes, n60, CAPTURE_FPS, rng, cfg.noise)
+            W = articulate(spk, utt.phonemes, n60, CAPTURE_FPS, rng, cfg.noise, cfg.version, contact.get(spk.name))
             peak = float(np.abs(utt.audio).max())
             if peak > 1.0:   # should not happen with the gains above; never clip silently
                 raise RuntimeError(f"{spk.name} sentence {k}: audio peak {peak:.2f} > 1 would clip")
@@ -377,8 +396,7 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
                     speakers=[s.to_json() for s in speakers], sequences=seq_meta,
                     generation_seconds=round(time.time() - t_start, 2))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        _fit_fid_extractor(tmp, base, B, train_weights, [speaker_template(base, s, cfg.resolution) for s in speakers
-                                                         if s.split == "train"])
+        _fit_fid_extractor(tmp, base, B, train_weights, [faces[s.name] for s in speakers if s.split == "train"])
         if root.exists():
             shutil.rmtree(root)
         os.replace(tmp, root)

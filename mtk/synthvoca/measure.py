@@ -129,5 +129,5 @@ def motion_report(root: str | Path, split: str = "train", variance: float = 0.95
     return {"split": split, "frames": len(W), "energy": energy, "n_pcs": n_pcs, "variance": variance,
             "pc_shares": (ev / ev.sum()).tolist(),
             "lip_gap": {"p0": float(g.min()), "p1": float(np.percentile(g, 1)), "p50": float(np.median(g)),
-                        "p99": float(np.percentile(g, 99)), "crossing": float((g < 0).mean()),
+                        "p99": float(np.percentile(g, 99)), "crossing": float((g < -1e-3).mean()),
                         "rest_median": float(np.median(r)) if len(r) else float("nan")}}
