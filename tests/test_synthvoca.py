@@ -104,6 +104,13 @@ def test_coupling_knob_controls_audibility():
     assert max(none.values()) < 0.1
     assert full["effort"] > 0.6 and full["rate"] > 0.5
     assert np.mean(list(full.values())) > np.mean(list(none.values())) + 0.5
+    # what the models hear (normalised waveforms: no loudness) still carries effort through the spectral tilt
+    normed = style_audibility(1.0, normalize=True)
+    assert normed["effort"] > 0.6 and normed != full
+    few = style_audibility(1.0, normalize=True, n_fit=8)                 # fitted on 8 speakers, scored on 28
+    assert set(few) == set(full) and np.mean(list(few.values())) < np.mean(list(normed.values())) - 0.3
+    with pytest.raises(ValueError, match="n_fit = 35: expected None or 2 to 34 of the 36 speakers"):
+        style_audibility(1.0, n_fit=35)
 
 
 def test_bad_config():

@@ -35,34 +35,54 @@ def audio_features(x: np.ndarray, sr: int = 16000) -> np.ndarray:
                            bands - bands.mean()])
 
 
-def style_audibility(coupling: float, n_speakers: int = 36, sentences=(0, 5, 10), seed: int = 1) -> dict[str, float]:
+def style_audibility(coupling: float, n_speakers: int = 36, sentences=(0, 5, 10), seed: int = 1,
+                     normalize: bool = False, n_fit: int | None = None) -> dict[str, float]:
     """How well a speaker's audible style factors can be predicted from their audio alone.
 
     Draws `n_speakers` speakers at this coupling, synthesises the same few
     sentences for each, averages `audio_features` (plus the log duration of each
     sentence relative to the other speakers: the speaking rate) per speaker, and
-    fits a ridge regression from features to each factor z_k. Reported: the
-    leave-one-speaker-out R^2 per factor (0 = chance, 1 = perfect; negative is
-    worse than predicting the mean). Deterministic.
+    fits a ridge regression from features to each factor z_k. Reported: R^2 per
+    factor (0 = chance, 1 = perfect; negative is worse than predicting the mean).
+    Deterministic.
+
+    normalize: each utterance scaled to zero mean and unit variance first, as every model's speech input is
+    (`mtk.audio.normalize_waveform`): loudness is then no cue. n_fit: None scores each speaker left out of a
+    fit on all the others (leave-one-speaker-out); a number fits on `n_fit` speakers only and scores all the
+    others, averaged over the disjoint groups of `n_fit` speakers (what a model trained on that many speakers
+    could learn from these features).
     """
     from sklearn.linear_model import RidgeCV
     from sklearn.model_selection import LeaveOneOut, cross_val_predict
+    if n_fit is not None and not 2 <= n_fit <= n_speakers - 2:
+        raise ValueError(f"n_fit = {n_fit}: expected None or 2 to {n_speakers - 2} of the {n_speakers} speakers")
     cfg = SynthConfig(n_train=n_speakers, n_val=0, n_test=1, coupling=coupling, seed=seed)
     speakers = make_speakers(cfg)[:n_speakers]
     feats, durs = [], []
     for spk in speakers:
         rng = np.random.default_rng([seed, 4])
         utts = [speak(spk, SENTENCES[i], rng) for i in sentences]
-        feats.append(np.mean([audio_features(u.audio) for u in utts], 0))
+        waves = [(u.audio - u.audio.mean()) / np.sqrt(u.audio.var() + 1e-7) if normalize else u.audio for u in utts]
+        feats.append(np.mean([audio_features(w) for w in waves], 0))
         durs.append([u.duration for u in utts])
     logd = np.log(np.array(durs))
     X = np.column_stack([np.array(feats), (logd - logd.mean(0)).mean(1)])
-    X = (X - X.mean(0)) / (X.std(0) + 1e-9)
+    r2 = lambda pred, y: 1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()   # noqa: E731
     out = {}
     for k in AUDIBLE_FACTORS:
         y = np.array([s.z[k] for s in speakers])
-        pred = cross_val_predict(RidgeCV(alphas=np.logspace(-3, 3, 13)), X, y, cv=LeaveOneOut())
-        out[k] = float(1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum())
+        model = RidgeCV(alphas=np.logspace(-3, 3, 13))
+        if n_fit is None:
+            Xs = (X - X.mean(0)) / (X.std(0) + 1e-9)
+            out[k] = float(r2(cross_val_predict(model, Xs, y, cv=LeaveOneOut()), y))
+            continue
+        scores = []                                     # each disjoint group of n_fit speakers fits; the rest score
+        for g in range(n_speakers // n_fit):
+            fit = np.zeros(n_speakers, bool)
+            fit[g * n_fit:(g + 1) * n_fit] = True
+            mu, sd = X[fit].mean(0), X[fit].std(0) + 1e-9
+            scores.append(r2(model.fit((X[fit] - mu) / sd, y[fit]).predict((X[~fit] - mu) / sd), y[~fit]))
+        out[k] = float(np.mean(scores))
     return out
 
 
