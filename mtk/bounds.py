@@ -40,6 +40,7 @@ import numpy as np
 from .synthvoca import articulation as art
 from .metrics import PAPER_UNITS
 from .synthvoca import AUDIBLE_FACTORS, CAPTURE_FPS, STYLE_FACTORS, Speaker, articulate
+from .synthvoca.generator import speaker_number
 
 BOUNDS = ("floor", "audible", "style_blind")
 
@@ -99,7 +100,7 @@ def draws(dataset, name: str, bound: str, n_draws: int, rng: np.random.Generator
 
 def _rng(dataset, name: str, seed: int) -> np.random.Generator:
     d = dataset._seq_meta[name]
-    return np.random.default_rng([seed, int(d["subject"][-2:]), int(d["sentence"])])
+    return np.random.default_rng([seed, speaker_number(d["subject"]), int(d["sentence"])])
 
 
 def prediction(dataset, name: str, bound: str, n_draws: int = 128, seed: int = 0) -> np.ndarray:

@@ -555,15 +555,25 @@ def motion_scale(sequences: list[Sequence], every: int = 4) -> float:
     return float(np.sqrt(ss / max(n, 1)))
 
 
+SYNTHVOCA_PRESETS = ("default", "vocaset", "many", "smoke")
+
+
 def load_dataset(name_or_root: str | Path = "default", progress: bool = True):
     """The dataset most notebooks start from.
 
-    "default" / "smoke": SynthVOCA with that preset, generated on first use;
-    a path: a SynthVOCA folder (has meta.json) or a VOCASET folder.
+    A SynthVOCA preset by name, generated on first use:
+        "default" (also "vocaset")  VOCASET's protocol: 8 / 2 / 2 speakers reading 40 sentences
+        "many"                      96 training speakers reading 4 sentences each, 4 / 12 reading 40
+                                    (`SynthConfig.many`)
+        "smoke"                     a few short clips (the tests)
+    or a path: a SynthVOCA folder (has meta.json) or a VOCASET folder (the real one is loaded by its path).
     """
     from .synthvoca import SynthConfig, generate
-    if str(name_or_root) in ("default", "smoke"):
-        cfg = SynthConfig.smoke() if str(name_or_root) == "smoke" else SynthConfig.default()
+    name = str(name_or_root)
+    if name in SYNTHVOCA_PRESETS:
+        cfg = {"smoke": SynthConfig.smoke, "many": SynthConfig.many}.get(name, SynthConfig.default)()
         return SynthVOCA(generate(cfg, progress=progress))
     root = Path(name_or_root)
+    if not root.exists():
+        raise FileNotFoundError(f"dataset {name!r}: not a SynthVOCA preset {SYNTHVOCA_PRESETS} and no such folder")
     return SynthVOCA(root) if (root / "meta.json").exists() else VOCASET(root)

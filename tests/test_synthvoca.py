@@ -263,3 +263,31 @@ def test_version_2_lips_close_at_rest_and_on_bilabials_and_never_cross(tmp_path)
     assert worst > -1e-6, f"the lips cross by {-worst * 1000:.4f} mm"
     assert len(bilabial) > 20 and max(bilabial) < 0.6e-3, f"a bilabial leaves the lips {max(bilabial) * 1000:.2f} mm apart"
     assert edges and max(edges) < 0.6e-3
+
+
+def test_many_protocol_has_many_speakers_few_sentences_and_vocasets_test_protocol(tmp_path):
+    """`many`: at least 64 training speakers reading a few sentences, about the default's training size, at
+    least 12 test speakers reading 40 (reference 1-20, evaluation 21-40); keys of earlier configs unchanged."""
+    from mtk.synthvoca import assign_sentences
+    from mtk.synthvoca.generator import speaker_number
+    many, default = SynthConfig.many(), SynthConfig.default()
+    spk = make_speakers(many)
+    sent = assign_sentences(many, spk)
+    n = {split: [len(sent[s.name]) for s in spk if s.split == split] for split in ("train", "val", "test")}
+    assert len(n["train"]) >= 64 and len(n["test"]) >= 12 and set(n["test"]) == {40}
+    assert 0.8 <= sum(n["train"]) / (default.n_train * default.sentences_per_speaker) <= 1.25
+    assert len({speaker_number(s.name) for s in spk}) == len(spk)          # S101 is not S01 (clip seeds differ)
+    assert default.key() == "2996f705" and SynthConfig.smoke().key() == "20e91f92"   # a new field kept old keys
+    with pytest.raises(ValueError, match="train_sentences = 50"):
+        SynthConfig(train_sentences=50)
+    # a small many-like dataset generates and loads with the same split protocol
+    cfg = SynthConfig.smoke(name="few", n_train=8, train_sentences=2, shared_sentences=1)
+    ds = SynthVOCA(generate(cfg, root=tmp_path / "few", progress=False))
+    assert len(ds.sequences("train")) == 16 and len(ds.sequences("test")) == 2 * 3
+    assert {s.sentence for s in ds.sequences("test")} == {4, 5, 6} and len(ds.sequences("test", "reference")) == 6
+
+
+def test_load_dataset_names_the_presets():
+    from mtk.data import load_dataset
+    with pytest.raises(FileNotFoundError, match=r"dataset 'vocaset2': not a SynthVOCA preset \('default', 'vocaset', 'many'"):
+        load_dataset("vocaset2")

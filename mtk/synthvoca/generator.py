@@ -74,6 +74,7 @@ GENERATOR_VERSIONS = {
 STYLE_FACTORS = ("effort", "rate", "round", "open_idio", "spread", "stiffness", "lead", "rest", "asym", "brow")
 AUDIBLE_FACTORS = ("effort", "rate", "round")
 CAPTURE_FPS = 60           # like VOCASET's raw capture; loaders take every second frame -> 30 fps
+_ADDED_FIELDS = {"train_sentences": None}   # config fields added later: in the key only when set (keys stay valid)
 
 
 @dataclass
@@ -92,6 +93,7 @@ class SynthConfig:
     max_words: int = 99               # only sentences with at most this many words (smoke: short clips)
     noise: float = 1.0                # scale of the natural motion noise
     version: int = 1                  # the generator's design (`GENERATOR_VERSIONS`): a version's data never changes
+    train_sentences: int | None = None  # sentences each training speaker reads (None: sentences_per_speaker)
 
     @classmethod
     def smoke(cls, **kw) -> "SynthConfig":
@@ -102,12 +104,22 @@ class SynthConfig:
     def default(cls, **kw) -> "SynthConfig":
         return cls(**kw)
 
+    @classmethod
+    def many(cls, **kw) -> "SynthConfig":
+        """The `many` protocol: 96 training speakers reading 4 sentences each (384 clips, near the default's
+        320), 4 validation and 12 unseen test speakers reading 40 (reference 1-20, evaluation 21-40)."""
+        return cls(**{**dict(name="many", n_train=96, n_val=4, n_test=12, train_sentences=4, shared_sentences=2),
+                      **kw})
+
     def __post_init__(self):
         if not 0.0 <= self.coupling <= 1.0:
             raise ValueError(f"SynthConfig.coupling = {self.coupling}, expected a value in [0, 1]")
-        if self.shared_sentences > self.sentences_per_speaker:
-            raise ValueError(f"shared_sentences {self.shared_sentences} > sentences_per_speaker "
-                             f"{self.sentences_per_speaker}")
+        if self.shared_sentences > min(self.sentences_per_speaker, self.train_sentences or self.sentences_per_speaker):
+            raise ValueError(f"shared_sentences {self.shared_sentences} > the sentences a speaker reads "
+                             f"({self.sentences_per_speaker}; training speakers {self.train_sentences})")
+        if self.train_sentences is not None and not 1 <= self.train_sentences <= self.sentences_per_speaker:
+            raise ValueError(f"train_sentences = {self.train_sentences}: expected None or 1 to "
+                             f"sentences_per_speaker ({self.sentences_per_speaker})")
         if min(self.n_train, self.n_test) < 1 or self.n_val < 0:
             raise ValueError("SynthConfig needs at least one train and one test speaker")
         if self.version not in GENERATOR_VERSIONS:
@@ -124,7 +136,8 @@ class SynthConfig:
         The key names content, not code: a version's data stays the same whatever else is edited, which
         tests/test_synthvoca.py checks against a recorded fingerprint of version 1; a change to what a version
         generates is a new version. So run folders and the shipped model's identity survive unrelated edits."""
-        blob = json.dumps({**asdict(self), "v": FORMAT_VERSION}, sort_keys=True)
+        d = {k: v for k, v in asdict(self).items() if k not in _ADDED_FIELDS or v != _ADDED_FIELDS[k]}
+        blob = json.dumps({**d, "v": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     def default_root(self) -> Path:
@@ -132,6 +145,11 @@ class SynthConfig:
 
 
 # --------------------------------------------------------------------------- speakers
+def speaker_number(name: str) -> int:
+    """1 for "SynthVOCA_S01", 101 for "SynthVOCA_S101" (the number that seeds a speaker's clips)."""
+    return int(name.rsplit("_S", 1)[1])
+
+
 @dataclass
 class Speaker:
     """A synthetic speaker: identity, voice and hidden speaking style."""
@@ -253,7 +271,8 @@ def assign_sentences(cfg: SynthConfig, speakers: list[Speaker]) -> dict[str, lis
     shared, rest = pool[:cfg.shared_sentences], pool[cfg.shared_sentences:]
     out = {}
     for spk in speakers:
-        own = rng.choice(rest, cfg.sentences_per_speaker - cfg.shared_sentences, replace=False)
+        n = cfg.train_sentences if spk.split == "train" and cfg.train_sentences is not None else cfg.sentences_per_speaker
+        own = rng.choice(rest, n - cfg.shared_sentences, replace=False)
         out[spk.name] = [int(i) for i in np.concatenate([shared, own])]
     return out
 
@@ -368,7 +387,7 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
         contact = {n: art.contact_geometry(base, B, t.vertices) for n, t in faces.items()} if cfg.version >= 2 else {}
         jobs = [(s, k, idx) for s in speakers for k, idx in enumerate(sentences[s.name], start=1)]
         for spk, k, idx in tqdm(jobs, desc=f"SynthVOCA {cfg.name}", disable=not progress):
-            rng = np.random.default_rng([cfg.seed, 3, int(spk.name[-2:]), k])
+            rng = np.random.default_rng([cfg.seed, 3, speaker_number(spk.name), k])
             utt = speak(spk, SENTENCES[idx], rng)
             n60 = int(np.floor(utt.duration * CAPTURE_FPS))
             W = articulate(spk, utt.phonemes, n60, CAPTURE_FPS, rng, cfg.noise, cfg.version, contact.get(spk.name))
