@@ -22,6 +22,7 @@ What a `FaceDataset` item holds (one clip):
 """
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import warnings
@@ -165,6 +166,34 @@ class SynthVOCA:
     def key(self) -> str:
         """The dataset's identity for run names: the generator's key (config and code), not its path."""
         return self.meta["key"]
+
+    def training_subset(self, n_speakers: int, sentences: int) -> "SynthVOCA":
+        """The same dataset with only its first `n_speakers` training speakers, each reading its first
+        `sentences` sentences: a speaker-count sweep at a fixed number of training clips (the nested pool of
+        `SynthConfig.speaker_pool`). Validation and test speakers, the FID extractor (fitted on the whole
+        training split) and every file stay the same; the key names the subset, so runs are kept apart.
+        Raises ValueError naming the speaker that reads fewer sentences than asked."""
+        train = [s for s in self.speakers if s.split == "train"]
+        if not 1 <= n_speakers <= len(train):
+            raise ValueError(f"{self.root}: training_subset({n_speakers}, ...): the dataset has {len(train)} "
+                             "training speakers")
+        keep = {s.name for s in train[:n_speakers]}
+        clips = [d for d in self.meta["sequences"] if d["subject"] in keep and d["sentence"] <= sentences]
+        for name in sorted(keep):
+            have = sum(d["subject"] == name for d in clips)
+            if have < sentences:
+                raise ValueError(f"{self.root}: training speaker {name} reads {have} sentences, "
+                                 f"training_subset asked for {sentences}")
+        sub = copy.copy(self)
+        dropped = {s.name for s in train} - keep
+        sub.speakers = [s for s in self.speakers if s.name not in dropped]
+        sub.templates = {k: v for k, v in self.templates.items() if k not in dropped}
+        sub.train_subjects = [s.name for s in train[:n_speakers]]
+        sub.meta = {**self.meta, "key": f"{self.key}-train{n_speakers}x{sentences}",
+                    "sequences": [d for d in self.meta["sequences"]
+                                  if d["subject"] not in dropped and (d["subject"] not in keep or d["sentence"] <= sentences)]}
+        sub._seq_meta = {d["name"]: d for d in sub.meta["sequences"]}
+        return sub
 
     def subjects(self, split: str) -> list[str]:
         return [s.name for s in self.speakers if split in ("all", s.split)]

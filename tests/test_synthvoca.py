@@ -291,3 +291,27 @@ def test_load_dataset_names_the_presets():
     from mtk.data import load_dataset
     with pytest.raises(FileNotFoundError, match=r"dataset 'vocaset2': not a SynthVOCA preset \('default', 'vocaset', 'many'"):
         load_dataset("vocaset2")
+
+
+def test_speaker_pool_gives_every_sweep_size_the_same_number_of_clips(tmp_path):
+    """The nested pool: the first N training speakers' first total/N sentences are `total` clips for each N;
+    a subset keeps the test speakers and files, names itself in its key, and refuses what it cannot give."""
+    cfg = SynthConfig.speaker_pool(sizes=(2, 4), total=8, name="pool", resolution="smoke", max_words=7,
+                                   sentences_per_speaker=6, n_val=1, n_test=2)
+    assert cfg.train_sentences == (4, 4, 2, 2) and cfg.reads(0) == 4 and cfg.reads(None) == 6
+    pool = SynthVOCA(generate(cfg, root=tmp_path / "pool", progress=False))
+    assert SynthConfig(**pool.meta["config"]) == cfg                      # the tuple survives meta.json
+    test = {s.name for s in pool.sequences("test")}
+    for n in (2, 4):
+        sub = pool.training_subset(n, 8 // n)
+        tr = sub.sequences("train")
+        assert len(tr) == 8 and len({s.subject for s in tr}) == n and sub.train_subjects == [s.subject for s in tr][::8 // n]
+        assert {s.name for s in sub.sequences("test")} == test and sub.key == f"{pool.key}-train{n}x{8 // n}"
+        assert len(sub.sequences("all", "all")) == 8 + len(pool.sequences("val", "all")) + len(pool.sequences("test", "all"))
+    assert len(pool.sequences("train")) == 12                              # the pool itself is untouched
+    with pytest.raises(ValueError, match="training speaker SynthVOCA_S03 reads 2 sentences, training_subset asked for 4"):
+        pool.training_subset(4, 4)
+    with pytest.raises(ValueError, match="the dataset has 4 training speakers"):
+        pool.training_subset(5, 1)
+    with pytest.raises(ValueError, match="train_sentences has 3 counts, expected one per training speaker"):
+        SynthConfig(n_train=4, train_sentences=(2, 2, 2))

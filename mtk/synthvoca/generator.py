@@ -93,7 +93,8 @@ class SynthConfig:
     max_words: int = 99               # only sentences with at most this many words (smoke: short clips)
     noise: float = 1.0                # scale of the natural motion noise
     version: int = 1                  # the generator's design (`GENERATOR_VERSIONS`): a version's data never changes
-    train_sentences: int | None = None  # sentences each training speaker reads (None: sentences_per_speaker)
+    train_sentences: int | tuple[int, ...] | None = None   # sentences each training speaker reads (None:
+                                      # sentences_per_speaker; a tuple: one count per training speaker, in order)
 
     @classmethod
     def smoke(cls, **kw) -> "SynthConfig":
@@ -105,6 +106,16 @@ class SynthConfig:
         return cls(**kw)
 
     @classmethod
+    def speaker_pool(cls, sizes=(8, 16, 32, 64, 128), total: int = 256, **kw) -> "SynthConfig":
+        """Training speakers nested for a sweep of their number at a fixed number of training clips: the first
+        `sizes[0]` speakers read `total / sizes[0]` sentences, the next up to `sizes[1]` read `total / sizes[1]`,
+        and so on, so the first N speakers' first `total / N` sentences are `total` clips for every N in
+        `sizes` (`data.SynthVOCA.training_subset`). 4 validation and 12 test speakers read 40, as in `many`."""
+        counts = tuple(total // next(n for n in sizes if i < n) for i in range(sizes[-1]))
+        return cls(**{**dict(name="speakers", n_train=sizes[-1], n_val=4, n_test=12, train_sentences=counts,
+                             shared_sentences=min(2, min(counts))), **kw})
+
+    @classmethod
     def many(cls, **kw) -> "SynthConfig":
         """The `many` protocol: 96 training speakers reading 4 sentences each (384 clips, near the default's
         320), 4 validation and 12 unseen test speakers reading 40 (reference 1-20, evaluation 21-40)."""
@@ -114,17 +125,30 @@ class SynthConfig:
     def __post_init__(self):
         if not 0.0 <= self.coupling <= 1.0:
             raise ValueError(f"SynthConfig.coupling = {self.coupling}, expected a value in [0, 1]")
-        if self.shared_sentences > min(self.sentences_per_speaker, self.train_sentences or self.sentences_per_speaker):
-            raise ValueError(f"shared_sentences {self.shared_sentences} > the sentences a speaker reads "
-                             f"({self.sentences_per_speaker}; training speakers {self.train_sentences})")
-        if self.train_sentences is not None and not 1 <= self.train_sentences <= self.sentences_per_speaker:
-            raise ValueError(f"train_sentences = {self.train_sentences}: expected None or 1 to "
+        if isinstance(self.train_sentences, list):                 # from JSON (a dataset's meta.json)
+            self.train_sentences = tuple(self.train_sentences)
+        if isinstance(self.train_sentences, tuple) and len(self.train_sentences) != self.n_train:
+            raise ValueError(f"train_sentences has {len(self.train_sentences)} counts, expected one per training "
+                             f"speaker ({self.n_train})")
+        reads = [self.sentences_per_speaker] + [self.reads(i) for i in range(self.n_train)]
+        if not all(1 <= n <= self.sentences_per_speaker for n in reads):
+            raise ValueError(f"train_sentences = {self.train_sentences}: expected None or counts from 1 to "
                              f"sentences_per_speaker ({self.sentences_per_speaker})")
+        if self.shared_sentences > min(reads):
+            raise ValueError(f"shared_sentences {self.shared_sentences} > the sentences a speaker reads "
+                             f"(as few as {min(reads)})")
         if min(self.n_train, self.n_test) < 1 or self.n_val < 0:
             raise ValueError("SynthConfig needs at least one train and one test speaker")
         if self.version not in GENERATOR_VERSIONS:
             raise ValueError(f"SynthConfig.version = {self.version!r}, expected one of {sorted(GENERATOR_VERSIONS)} "
                              f"({'; '.join(f'{v}: {d}' for v, d in GENERATOR_VERSIONS.items())})")
+
+    def reads(self, train_rank: int | None) -> int:
+        """Sentences a speaker reads: the `train_rank`-th training speaker (0-based), or None for val/test."""
+        n = self.train_sentences
+        if train_rank is None or n is None:
+            return self.sentences_per_speaker
+        return n[train_rank] if isinstance(n, tuple) else n
 
     @property
     def n_speakers(self) -> int:
@@ -270,8 +294,9 @@ def assign_sentences(cfg: SynthConfig, speakers: list[Speaker]) -> dict[str, lis
     pool = rng.permutation(pool)
     shared, rest = pool[:cfg.shared_sentences], pool[cfg.shared_sentences:]
     out = {}
+    rank = {s.name: i for i, s in enumerate(s for s in speakers if s.split == "train")}
     for spk in speakers:
-        n = cfg.train_sentences if spk.split == "train" and cfg.train_sentences is not None else cfg.sentences_per_speaker
+        n = cfg.reads(rank.get(spk.name))
         own = rng.choice(rest, n - cfg.shared_sentences, replace=False)
         out[spk.name] = [int(i) for i in np.concatenate([shared, own])]
     return out
