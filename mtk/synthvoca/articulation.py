@@ -243,7 +243,7 @@ def viseme_segments(phonemes):
     for i, (t0, t1, ph) in enumerate(phonemes):
         name, stress = strip_stress(ph)
         if name not in PHONEME_VISEME:
-            raise KeyError(f"phoneme {ph!r} (stripped {name!r}) has no viseme in mtk.articulation.PHONEME_VISEME")
+            raise KeyError(f"phoneme {ph!r} (stripped {name!r}) has no viseme in mtk.synthvoca.articulation.PHONEME_VISEME")
         vis = PHONEME_VISEME[name]
         edges = np.linspace(t0, t1, len(vis) + 1)
         for k, v in enumerate(vis):

@@ -5,7 +5,7 @@
 (p, b, m), labiodentals (f, v), rounded vowels and glides (oo, oh, w), open
 vowels (ah, aw) and spread vowels (ee) all occur often, since those are the
 sounds whose mouth shapes differ most between speakers. Notebook 01 counts the
-visemes espeak-ng actually produces for them (`mtk.speech.viseme_coverage`).
+visemes espeak-ng actually produces for them (`mtk.synthvoca.speech.viseme_coverage`).
 """
 from __future__ import annotations
 

@@ -4,9 +4,9 @@ VOCASET (12 speakers, FLAME meshes at 60 fps, 16 kHz audio) needs a registration
 to download, and pretrained speech encoders need the Hugging Face hub. SynthVOCA
 stands in for both so that the whole story of MemoryTalker can run on a laptop:
 
-* speech: espeak-ng (`mtk.speech`), 12 voice variants, phoneme timings;
-* faces: the procedural template (`mtk.template`) with a per-speaker identity shape;
-* motion: phonemes -> visemes -> coarticulated articulation (`mtk.articulation`),
+* speech: espeak-ng (`speech.py`), 12 voice variants, phoneme timings;
+* faces: the procedural template (`template.py`) with a per-speaker identity shape;
+* motion: phonemes -> visemes -> coarticulated articulation (`articulation.py`),
   played on that speaker's face with that speaker's hidden *speaking style*.
 
 Each speaker's style (all latent factors z ~ N(0, 1), clipped to +-2.5):
@@ -59,9 +59,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
 
+from ..paths import data_dir
 from . import articulation as art
 from .corpus import SENTENCES
-from ..paths import data_dir
 from .speech import VOICES, pitch_for, synthesize
 from .template import IDENTITY_SHAPES, Template
 
@@ -79,7 +79,8 @@ _ADDED_FIELDS = {"train_sentences": None}   # config fields added later: in the 
 
 @dataclass
 class SynthConfig:
-    """What to generate. Presets: `smoke` (CI), `default` (the kit's dataset)."""
+    """What to generate. Presets: `smoke` (CI), `default` (the kit's dataset: VOCASET's protocol), `many`
+    (many speakers, few sentences each) and `speaker_pool` (nested speakers for a speaker-count sweep)."""
 
     name: str = "default"
     n_train: int = 8

@@ -111,7 +111,7 @@ class ESpeak:
             try:
                 import espeakng_loader
             except ImportError as e:
-                raise ImportError("mtk.speech needs the PyPI package 'espeakng-loader' (it bundles libespeak-ng "
+                raise ImportError("mtk.synthvoca.speech needs the PyPI package 'espeakng-loader' (it bundles libespeak-ng "
                                   "and its voice data): pip install espeakng-loader") from e
             library_path = library_path or espeakng_loader.get_library_path()
             data_path = data_path or espeakng_loader.get_data_path()
