@@ -278,6 +278,9 @@ def test_many_protocol_has_many_speakers_few_sentences_and_vocasets_test_protoco
     assert 0.8 <= sum(n["train"]) / (default.n_train * default.sentences_per_speaker) <= 1.25
     assert len({speaker_number(s.name) for s in spk}) == len(spk)          # S101 is not S01 (clip seeds differ)
     assert default.key() == "2996f705" and SynthConfig.smoke().key() == "20e91f92"   # a new field kept old keys
+    from mtk.baselines.unitalker import second_dataset_config
+    assert "train_sentences" not in default.fields() and "train_sentences" not in second_dataset_config("default")
+    assert many.fields()["train_sentences"] == 4                            # ... and a recipe naming a dataset too
     with pytest.raises(ValueError, match="train_sentences = 50"):
         SynthConfig(train_sentences=50)
     # a small many-like dataset generates and loads with the same split protocol

@@ -62,7 +62,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -93,7 +93,7 @@ def second_dataset_config(preset: str) -> dict:
         cfg = SynthConfig(name="unitalker-second", resolution="coarse", seed=7)
     else:
         raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
-    d = asdict(cfg)
+    d = cfg.fields()                                  # (fields added later, at their default, left out: stable keys)
     d["resolution"] = list(d["resolution"]) if isinstance(d["resolution"], tuple) else d["resolution"]
     return d
 

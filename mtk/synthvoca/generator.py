@@ -161,9 +161,14 @@ class SynthConfig:
         The key names content, not code: a version's data stays the same whatever else is edited, which
         tests/test_synthvoca.py checks against a recorded fingerprint of version 1; a change to what a version
         generates is a new version. So run folders and the shipped model's identity survive unrelated edits."""
-        d = {k: v for k, v in asdict(self).items() if k not in _ADDED_FIELDS or v != _ADDED_FIELDS[k]}
-        blob = json.dumps({**d, "v": FORMAT_VERSION}, sort_keys=True)
+        blob = json.dumps({**self.fields(), "v": FORMAT_VERSION}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
+
+    def fields(self) -> dict:
+        """The config as a plain dict, leaving out fields added after version 1 while they hold their default:
+        what the key hashes, and what a recipe that names a dataset should embed (so neither changes when a
+        field is added)."""
+        return {k: v for k, v in asdict(self).items() if k not in _ADDED_FIELDS or v != _ADDED_FIELDS[k]}
 
     def default_root(self) -> Path:
         return data_dir() / f"synthvoca-{self.name}-{self.key()}"
@@ -435,7 +440,7 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
                             identity=np.array([s.identity for s in speakers], np.float32),
                             style=np.stack([s.style_vector() for s in speakers]),
                             deviations=np.stack([s.deviations for s in speakers]))
-        meta = dict(format_version=FORMAT_VERSION, config=asdict(cfg), key=cfg.key(), capture_fps=CAPTURE_FPS,
+        meta = dict(format_version=FORMAT_VERSION, config=cfg.fields(), key=cfg.key(), capture_fps=CAPTURE_FPS,
                     fps=CAPTURE_FPS // 2, sample_rate=16000, basis=list(art.BASIS),
                     style_factors=list(STYLE_FACTORS), audible_factors=list(AUDIBLE_FACTORS),
                     speakers=[s.to_json() for s in speakers], sequences=seq_meta,
