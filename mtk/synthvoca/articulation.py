@@ -319,7 +319,7 @@ def lip_contact(W: np.ndarray, D: np.ndarray, g0: np.ndarray, demand: np.ndarray
     """Basis weights (T, K) whose lips close where `demand` asks and otherwise meet and stop.
 
     1. Closure goal: where demand h(t) > 0 each side's closure moves towards c(t), the symmetric closure that
-       shuts the two middle slit pairs: close = (1 - h) close + h c (not below (1 - h) close).
+       shuts the two middle slit pairs: close = (1 - h) close + h c.
     2. Contact: the closing fields (`CLOSERS`) are scaled per frame by
        s(t) = min(1, min_p g_open(t, p) / -g_close(t, p)), with g_open = g0 + W_open D_open >= 0 the gap the
        other fields leave and g_close = W_close D_close <= 0 what closure would take, so g(t, p) >= 0 at every
@@ -343,7 +343,7 @@ def lip_contact(W: np.ndarray, D: np.ndarray, g0: np.ndarray, demand: np.ndarray
         need = (np.maximum(g_rest, 0.0) / -per_unit).max(1)            # (T,) closure that shuts both middle pairs
         # where the lips must close they close on both sides alike (contact is not a matter of style)
         for k in (cl, cr):
-            out[:, k] = np.maximum((1 - demand) * out[:, k] + demand * need, out[:, k] * (1 - demand))
+            out[:, k] = (1 - demand) * out[:, k] + demand * need
     g_close = out[:, closers] @ D[closers]                             # (T, P), <= 0
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(g_close < 0, np.maximum(g_open, 0.0) / -g_close, np.inf)
