@@ -318,3 +318,42 @@ def test_speaker_pool_gives_every_sweep_size_the_same_number_of_clips(tmp_path):
         pool.training_subset(5, 1)
     with pytest.raises(ValueError, match="train_sentences has 3 counts, expected one per training speaker"):
         SynthConfig(n_train=4, train_sentences=(2, 2, 2))
+
+
+def test_version_2_effort_opens_open_vowels_most_and_sibilants_least():
+    """Version 2: vocal effort reaches the jaw per viseme group (louder speech opens vowels more, most the open
+    ones; the jaw stays high for sibilants). Between a quiet and a loud speaker who are otherwise the same, the
+    jaw on /a/ grows by a larger factor than on /s/; in version 1 one gain scales both alike."""
+    from dataclasses import replace
+    from mtk.synthvoca import articulate
+    from mtk.synthvoca import articulation as art
+    from mtk.synthvoca.template import Template
+    base = Template.procedural("smoke")
+    contact = art.contact_geometry(base, art.basis_fields(base))
+    spk = make_speakers(SynthConfig.smoke(version=2))[0]
+    phonemes = [(0.0, 0.3, "_"), (0.3, 0.5, "s"), (0.5, 0.8, "'a"), (0.8, 1.0, "s"), (1.0, 1.3, "a"), (1.3, 1.6, "_")]
+
+    def jaw(effort, version):
+        z = {k: 0.0 for k in spk.z} | {"effort": effort}
+        W = articulate(replace(spk, z=z, deviations=0 * spk.deviations), phonemes, 96, 60.0,
+                       np.random.default_rng(0), noise=0.0, version=version, contact=contact)
+        at = lambda t: W[int(t * 60), art.BASIS.index("jaw")]                      # noqa: E731
+        return np.array([at(0.65), at(1.15)]), np.array([at(0.4), at(0.9)])         # open vowels, sibilants
+
+    (a_q, s_q), (a_l, s_l) = jaw(-2.0, 2), jaw(2.0, 2)
+    assert (a_l > a_q).all() and ((a_l / a_q) > 1.3 * (s_l / s_q)).all(), (a_l / a_q, s_l / s_q)
+    (a_q, s_q), (a_l, s_l) = jaw(-2.0, 1), jaw(2.0, 1)
+    np.testing.assert_allclose(a_l / a_q, s_l / s_q, rtol=0.1)       # version 1: coarticulation aside, one gain
+
+
+def test_every_style_factor_is_labelled_timing_or_amplitude_and_a_drafts_key_names_its_revision(smoke_ds, monkeypatch):
+    """Eq. 14 can express amplitude only, so the data say which factors are which; and a folder written by an
+    older draft of a version is never taken for the current draft's (the revision is in the key)."""
+    from mtk.synthvoca import STYLE_FACTORS, STYLE_KINDS
+    from mtk.synthvoca import generator
+    assert set(STYLE_KINDS) == set(STYLE_FACTORS) and set(STYLE_KINDS.values()) <= {"amplitude", "timing", "timing and amplitude"}
+    assert smoke_ds.meta["style_kinds"] == STYLE_KINDS
+    v1, v2 = SynthConfig.smoke(), SynthConfig.smoke(version=2)
+    before = v2.key()
+    monkeypatch.setitem(generator.DRAFT_REVISION, 2, generator.DRAFT_REVISION[2] + 1)
+    assert v2.key() != before and v1.key() == SynthConfig.smoke().key() == "20e91f92"

@@ -14,11 +14,11 @@ Because the data are generated, the task's exact bounds follow from the generato
 Imports flow one way: the rest of the kit imports from here, never the reverse (except `mtk.paths` for
 where data live and `mtk.metrics` for the FID extractor fitted with each dataset).
 """
-from .generator import (AUDIBLE_FACTORS, CAPTURE_FPS, FORMAT_VERSION, GENERATOR_VERSIONS, STYLE_FACTORS, Speaker,
-                        SynthConfig, articulate, assign_sentences, generate, load_speakers, make_speakers, speak,
-                        speaker_template)
-from .measure import audio_features, motion_report, style_audibility
+from .generator import (AUDIBLE_FACTORS, CAPTURE_FPS, FORMAT_VERSION, GENERATOR_VERSIONS, STYLE_FACTORS, STYLE_KINDS,
+                        Speaker, SynthConfig, articulate, assign_sentences, generate, load_speakers, make_speakers,
+                        speak, speaker_template)
+from .measure import audio_features, effort_response, lip_shapes, motion_report, style_audibility
 
-__all__ = ["AUDIBLE_FACTORS", "CAPTURE_FPS", "FORMAT_VERSION", "GENERATOR_VERSIONS", "STYLE_FACTORS", "Speaker",
-           "SynthConfig", "articulate", "assign_sentences", "audio_features", "generate", "load_speakers",
-           "make_speakers", "motion_report", "speak", "speaker_template", "style_audibility"]
+__all__ = ["AUDIBLE_FACTORS", "CAPTURE_FPS", "FORMAT_VERSION", "GENERATOR_VERSIONS", "STYLE_FACTORS", "STYLE_KINDS",
+           "Speaker", "SynthConfig", "articulate", "assign_sentences", "audio_features", "effort_response", "generate", "lip_shapes",
+           "load_speakers", "make_speakers", "motion_report", "speak", "speaker_template", "style_audibility"]

@@ -153,6 +153,15 @@ VISEME_DOMINANCE = {
     "U":   np.array([_HI, _HI, _MID, _MID, _MID, _MID]),
     "@":   np.array([_MID, _LO, _LO, _MID, _MID, _LO]),
 }
+# Version 2: how much of a speaker's vocal effort reaches the jaw, per viseme. Louder speech lowers the jaw
+# more on vowels, most on open ones (Schulman 1989), while the jaw is held high and stable for sibilants
+# (Mooshammer, Hoole & Geumann 2007) and for the other consonants made with the tongue tip against the teeth
+# or ridge. The ordering is the sources'; the numbers are the kit's (1 = version 1's single gain).
+EFFORT_JAW = {"sil": 0.0, "PP": 0.5, "FF": 0.5, "TH": 0.5, "DD": 0.5, "kk": 0.75, "CH": 0.25, "SS": 0.25,
+              "nn": 0.5, "RR": 0.75, "aa": 1.5, "E": 1.0, "I": 1.0, "O": 1.5, "U": 1.0, "@": 1.0}
+# Version 2: the same sources find the jaw for sibilants the least variable across vowel contexts (it holds its
+# high position against coarticulation), so sibilants hold the jaw as strongly as vowels do.
+SIBILANT_JAW_DOMINANCE = _HI
 
 # --------------------------------------------------------------------------- basis
 BASIS = ("jaw", "round_l", "round_r", "spread_l", "spread_r", "close_l", "close_r",

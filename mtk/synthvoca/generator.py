@@ -12,7 +12,8 @@ stands in for both so that the whole story of MemoryTalker can run on a laptop:
 Each speaker's style (all latent factors z ~ N(0, 1), clipped to +-2.5):
 
     factor      motion effect                          audible through (real-speech mechanism)
-    effort      mouth opening gain (with open_idio)    loudness and flatter spectral tilt (vocal effort)
+    effort      mouth opening gain (with open_idio;    loudness and flatter spectral tilt (vocal effort)
+                version 2: most on open vowels)
     rate        smaller excursions when fast           speaking rate: shorter articulations
     round       lip rounding/protrusion gain           lower formants (longer vocal tract): resampling warp
     open_idio   mouth opening gain                     -
@@ -23,6 +24,9 @@ Each speaker's style (all latent factors z ~ N(0, 1), clipped to +-2.5):
     asym        left-right asymmetry of the lips       -
     brow        brow-raise expressiveness              -
     + per-viseme deviations (16 visemes x 6 articulators), blink rate
+
+stiffness and lead are timing (when and how sharply the face moves), rate is timing and amplitude, the rest
+amplitude (`STYLE_KINDS`, in meta.json): Eq. 14's re-weighting of memory slots can express amplitude only.
 
 Only the first three reach the audio, and only through `coupling` c in [0, 1]:
 the audio-side factor is a = c z + sqrt(1 - c^2) n with n ~ N(0, 1) independent
@@ -69,10 +73,18 @@ FORMAT_VERSION = 1         # the layout on disk (data.SynthVOCA reads it)
 GENERATOR_VERSIONS = {
     1: "the kit's first SynthVOCA (jaw-dominated motion; documented in notebook 01)",
     2: "DRAFT, may still change (not pinned by a fingerprint yet): lips that meet and stop (never cross), "
-       "close on bilabials and at rest; docs/synthvoca-v2.md",
+       "close on bilabials and at rest; vocal effort opens the jaw per viseme group; docs/synthvoca-v2.md",
 }
+# A draft's design may still change: its revision is part of the data key (bumped with every change to what it
+# generates), so a folder an older draft wrote is never taken for the current one. Pinned versions have none.
+DRAFT_REVISION = {2: 2}     # version 2: 1 lip contact, 2 vocal effort per viseme group
 STYLE_FACTORS = ("effort", "rate", "round", "open_idio", "spread", "stiffness", "lead", "rest", "asym", "brow")
 AUDIBLE_FACTORS = ("effort", "rate", "round")
+# What each factor changes: how far articulators move ("amplitude": Eq. 14's re-weighting of the memory's
+# slots can express it) or when and how sharply ("timing": re-weighting slots cannot). Written to meta.json.
+STYLE_KINDS = {"effort": "amplitude", "rate": "timing and amplitude", "round": "amplitude",
+               "open_idio": "amplitude", "spread": "amplitude", "stiffness": "timing", "lead": "timing",
+               "rest": "amplitude", "asym": "amplitude", "brow": "amplitude"}
 CAPTURE_FPS = 60           # like VOCASET's raw capture; loaders take every second frame -> 30 fps
 _ADDED_FIELDS = {"train_sentences": None}   # config fields added later: in the key only when set (keys stay valid)
 
@@ -160,8 +172,9 @@ class SynthConfig:
 
         The key names content, not code: a version's data stays the same whatever else is edited, which
         tests/test_synthvoca.py checks against a recorded fingerprint of version 1; a change to what a version
-        generates is a new version. So run folders and the shipped model's identity survive unrelated edits."""
-        blob = json.dumps({**self.fields(), "v": FORMAT_VERSION}, sort_keys=True)
+        generates is a new version (or, while a version is a draft, a new `DRAFT_REVISION`). So run folders and the shipped model's identity survive unrelated edits."""
+        draft = {"draft": DRAFT_REVISION[self.version]} if self.version in DRAFT_REVISION else {}
+        blob = json.dumps({**self.fields(), "v": FORMAT_VERSION, **draft}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     def fields(self) -> dict:
@@ -197,7 +210,13 @@ class Speaker:
     # ---- motion parameters derived from the latent style
     @property
     def open_gain(self) -> float:
-        return float(np.exp(0.22 * (0.8 * self.z["effort"] + 0.6 * self.z["open_idio"])))
+        return self.jaw_gain(1.0)
+
+    def jaw_gain(self, effort_share: float | np.ndarray = 1.0) -> float | np.ndarray:
+        """Mouth-opening gain with `effort_share` of the effort factor (version 2: `articulation.EFFORT_JAW`
+        per viseme; version 1 and `open_gain`: 1 everywhere)."""
+        g = np.exp(0.22 * (0.8 * self.z["effort"] * np.asarray(effort_share, float) + 0.6 * self.z["open_idio"]))
+        return float(g) if np.ndim(g) == 0 else g
 
     @property
     def round_gain(self) -> float:
@@ -329,7 +348,8 @@ def articulate(spk: Speaker, phonemes, n_frames: int, fps: float, rng: np.random
                ) -> np.ndarray:
     """Basis weights (T, K) for phoneme intervals, in this speaker's style, at `fps`.
 
-    version 2 (a draft until its data are pinned, `GENERATOR_VERSIONS`): the jaw does not rise past the teeth
+    version 2 (a draft until its data are pinned, `GENERATOR_VERSIONS`): vocal effort opens the jaw per
+    viseme (`articulation.EFFORT_JAW`: open vowels most, sibilants least, whose jaw resists coarticulation), the jaw does not rise past the teeth
     meeting, bilabials and long pauses close the lips (`articulation.closure_demand`), and the lips meet and
     stop (`articulation.lip_contact`, with `contact` = (D, g0) of this speaker's face from
     `articulation.contact_geometry`). Version 1 is unchanged.
@@ -347,6 +367,10 @@ def articulate(spk: Speaker, phonemes, n_frames: int, fps: float, rng: np.random
     targets[:, 0] *= 1 + 0.12 * stress * is_vowel                   # stressed vowels open wider
     gains = np.array([spk.open_gain, spk.round_gain, spk.spread_gain, 0.6 + 0.4 * spk.open_gain, 1.0, 1.0])
     gains[[0, 1, 2, 5]] *= spk.excursion
+    gains = np.tile(gains, (len(vis), 1))                            # (N, 6): per segment
+    if version >= 2:                                                 # effort opens open vowels most
+        gains[:, 0] = spk.jaw_gain(np.array([art.EFFORT_JAW[v] for v in vis])) * spk.excursion
+        dominance[np.isin(vis, ("SS", "CH")), 0] = art.SIBILANT_JAW_DOMINANCE    # and the jaw stays high on /s/
     targets = np.maximum(targets * gains, 0.0)
     targets[np.array(vis) == "sil"] = 0.0                             # silence is the rest pose
 
@@ -442,7 +466,7 @@ def generate(cfg: SynthConfig | None = None, root: str | Path | None = None, ove
                             deviations=np.stack([s.deviations for s in speakers]))
         meta = dict(format_version=FORMAT_VERSION, config=cfg.fields(), key=cfg.key(), capture_fps=CAPTURE_FPS,
                     fps=CAPTURE_FPS // 2, sample_rate=16000, basis=list(art.BASIS),
-                    style_factors=list(STYLE_FACTORS), audible_factors=list(AUDIBLE_FACTORS),
+                    style_factors=list(STYLE_FACTORS), audible_factors=list(AUDIBLE_FACTORS), style_kinds=STYLE_KINDS,
                     speakers=[s.to_json() for s in speakers], sequences=seq_meta,
                     generation_seconds=round(time.time() - t_start, 2))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

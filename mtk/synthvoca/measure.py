@@ -1,5 +1,6 @@
 """Measurements of a SynthVOCA dataset that need no model: how audible each speaker's style is from the
-audio alone (`style_audibility`), and what the motion is made of (`motion_report`). Notebook 01 reports
+audio alone (`style_audibility`), what the motion is made of (`motion_report`) and the lip shapes each
+viseme makes (`lip_shapes`) and how a style factor reaches each viseme (`effort_response`). Notebook 01 reports
 both; the generator (`generator.py`) never imports this module."""
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .articulation import BASIS, PAUSES
+from . import articulation as art
+from .articulation import BASIS, PAUSES, VISEMES, viseme_segments
 from .corpus import SENTENCES
-from .generator import AUDIBLE_FACTORS, SynthConfig, load_speakers, make_speakers, speak, speaker_template
+from .generator import (AUDIBLE_FACTORS, CAPTURE_FPS, SynthConfig, articulate, load_speakers, make_speakers, speak,
+                        speaker_template)
 from .template import Template
 
 
@@ -151,3 +154,92 @@ def motion_report(root: str | Path, split: str = "train", variance: float = 0.95
             "lip_gap": {"p0": float(g.min()), "p1": float(np.percentile(g, 1)), "p50": float(np.median(g)),
                         "p99": float(np.percentile(g, 99)), "crossing": float((g < -1e-3).mean()),
                         "rest_median": float(np.median(r)) if len(r) else float("nan")}}
+
+
+def lip_shapes(root: str | Path, split: str = "train", speaker: str | None = None) -> dict[str, dict[str, float]]:
+    """The mouth each viseme makes, in millimetres, at the middle frame of each of its segments (30 fps frames,
+    the loaders' rate), averaged over a split's clips (or one `speaker`'s, whatever their split):
+
+    width       change of the distance between the mouth corners from the speaker's neutral face (+ = wider)
+    protrusion  forward motion of the upper lip's midpoint (+ = towards the viewer)
+    aperture    the vertical gap between the lip midpoints (the neutral face's own gap included)
+    jaw         the jaw's opening rotation (degrees)
+    n           segments measured
+
+    The scale to compare with real speech: lip width differs by about a centimetre between spread and rounded
+    vowels, protrusion by several millimetres, and the lips open 1-2 cm on open vowels (docs/synthvoca-v2.md)."""
+    root = Path(root)
+    meta = json.loads((root / "meta.json").read_text())
+    base = Template.load(root / "template.npz")
+    B = np.load(root / "basis.npz")["fields"].astype(np.float64)                 # (K, V, 3)
+    speakers = {s.name: s for s in load_speakers(root)}
+    lm = base.landmarks
+    idx = [lm["mouth_corner_left"], lm["mouth_corner_right"], lm["upper_lip_mid"], lm["lower_lip_mid"]]
+    Bm = B[:, idx]                                                                # (K, 4, 3)
+    jaw = BASIS.index("jaw")                                                      # its weight is in radians
+    fps = meta["capture_fps"] / 2
+    rows: dict[str, list[tuple[float, float, float]]] = {}
+    face_gap = {}
+    for s in meta["sequences"]:
+        if (speakers[s["subject"]].split != split) if speaker is None else (s["subject"] != speaker):
+            continue
+        if s["subject"] not in face_gap:
+            t = speaker_template(base, speakers[s["subject"]], meta["config"]["resolution"]).vertices
+            face_gap[s["subject"]] = t[idx[2], 1] - t[idx[3], 1]
+        d = np.load(root / "seq" / f"{s['name']}.npz")
+        W = d["weights"].astype(np.float64)[::2]                                    # (T, K) at 30 fps
+        off = np.einsum("tk,kmc->tmc", W, Bm)                                       # (T, 4, 3)
+        width = off[:, 0, 0] - off[:, 1, 0]
+        gap = face_gap[s["subject"]] + off[:, 2, 1] - off[:, 3, 1]
+        for t0, t1, v, _, _ in viseme_segments(zip(d["ph_start"], d["ph_end"], map(str, d["ph_name"]))):
+            i = int(np.clip(round(0.5 * (t0 + t1) * fps), 0, len(W) - 1))
+            rows.setdefault(v, []).append((width[i], off[i, 2, 2], gap[i], W[i, jaw]))
+    if not rows:
+        raise ValueError(f"{root}: no clips of " + (f"split {split!r}" if speaker is None else f"speaker {speaker!r}"))
+    out = {}
+    for v in VISEMES:
+        if v in rows:
+            r = np.array(rows[v]) * np.array([1000, 1000, 1000, 180 / np.pi])
+            out[v] = {"n": len(r), "width": float(r[:, 0].mean()), "protrusion": float(r[:, 1].mean()),
+                      "aperture": float(r[:, 2].mean()), "jaw": float(r[:, 3].mean())}
+    return out
+
+
+def effort_response(root: str | Path, visemes=("aa", "SS"), step: float = 0.5, max_clips: int = 10) -> dict[str, float]:
+    """How vocal effort reaches the jaw on each viseme, coarticulation included: d log(jaw) / d effort.
+
+    For each speaker of a generated dataset, their own clips' phonemes are articulated again by the dataset's
+    generator version with their style as drawn but effort moved by -step and +step (no motion noise), and the
+    jaw's rotation at the middle of each segment of a viseme is compared. Averaged over speakers and segments.
+    Version 1's single gain gives every viseme the same response; version 2's `articulation.EFFORT_JAW` gives
+    open vowels more than sibilants. Coarticulation blends each segment with its neighbours, so the responses
+    measured here are closer together than the designed shares. Deterministic; regenerates no audio."""
+    from dataclasses import replace
+    root = Path(root)
+    meta = json.loads((root / "meta.json").read_text())
+    version = meta["config"].get("version", 1)
+    base = Template.load(root / "template.npz")
+    B = np.load(root / "basis.npz")["fields"]
+    jaw = BASIS.index("jaw")
+    seqs: dict[str, list[str]] = {}
+    for s in meta["sequences"]:
+        seqs.setdefault(s["subject"], []).append(s["name"])
+    out: dict[str, list[float]] = {v: [] for v in visemes}
+    for spk in load_speakers(root):
+        contact = (art.contact_geometry(base, B, speaker_template(base, spk, meta["config"]["resolution"]).vertices)
+                   if version >= 2 else None)
+        for name in seqs.get(spk.name, [])[:max_clips]:
+            d = np.load(root / "seq" / f"{name}.npz")
+            ph = list(zip(d["ph_start"].tolist(), d["ph_end"].tolist(), map(str, d["ph_name"])))
+            n = len(d["weights"])
+            W = [articulate(replace(spk, z={**spk.z, "effort": spk.z["effort"] + sgn * step}), ph, n, CAPTURE_FPS,
+                            np.random.default_rng(0), noise=0.0, version=version, contact=contact)[:, jaw]
+                 for sgn in (-1, 1)]
+            for t0, t1, v, _, _ in viseme_segments(ph):
+                i = min(int(round(0.5 * (t0 + t1) * CAPTURE_FPS)), n - 1)
+                if v in out and min(W[0][i], W[1][i]) > 1e-4:
+                    out[v].append(float(np.log(W[1][i] / W[0][i]) / (2 * step)))
+    missing = [v for v, r in out.items() if not r]
+    if missing:
+        raise ValueError(f"{root}: no segments of viseme(s) {missing} with an open jaw; expected some of each")
+    return {v: float(np.mean(r)) for v, r in out.items()}
