@@ -48,7 +48,10 @@ class AudioConfig(Config):
     num_conv_pos_embedding_groups: int = 4
     freeze_feature_encoder: bool = True     # the paper freezes the CNN (pretrained) ...
     mask_time_prob: float = 0.0             # SpecAugment during training (hubert-base-ls960 uses 0.05)
-    dropout: float = 0.1
+    dropout: float = 0.1                    # hidden and attention dropout in the transformer
+    layerdrop: float = 0.0                  # LayerDrop (hubert-base-ls960 and the released code: 0.1)
+
+    ADDED_FIELDS = {"layerdrop": 0.0}       # added later: run keys made before it stay valid (`configs.Config`)
 
     @classmethod
     def smoke(cls) -> "AudioConfig":
@@ -64,7 +67,14 @@ class AudioConfig(Config):
     def paper(cls) -> "AudioConfig":
         return cls(pretrained="facebook/hubert-base-ls960", hidden_size=768, num_hidden_layers=12,
                    num_attention_heads=12, intermediate_size=3072, conv_dim=(512,) * 7,
-                   num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, mask_time_prob=0.05)
+                   num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, mask_time_prob=0.05,
+                   layerdrop=0.1)
+
+    def training_settings(self) -> dict:
+        """The transformers config entries this config decides even over a pretrained folder's own config:
+        time masking, dropout and LayerDrop (the preset's choices, not whatever the folder was saved with)."""
+        return {"mask_time_prob": self.mask_time_prob, "hidden_dropout": self.dropout,
+                "attention_dropout": self.dropout, "layerdrop": self.layerdrop}
 
     def hf_config(self):
         from transformers import HubertConfig, Wav2Vec2Config
@@ -74,21 +84,33 @@ class AudioConfig(Config):
                    conv_dim=tuple(self.conv_dim), num_conv_pos_embeddings=self.num_conv_pos_embeddings,
                    num_conv_pos_embedding_groups=self.num_conv_pos_embedding_groups,
                    mask_time_prob=self.mask_time_prob, hidden_dropout=self.dropout,
-                   attention_dropout=self.dropout, activation_dropout=0.0, layerdrop=0.0,
+                   attention_dropout=self.dropout, activation_dropout=0.0, layerdrop=self.layerdrop,
                    feat_proj_dropout=0.0)
 
 
 def load_hf_model(cfg: AudioConfig, hf_config: dict | None = None):
     """The transformers model (HubertModel or Wav2Vec2Model): pretrained, random-init from `cfg`, or
-    random-init from a saved transformers config `hf_config` (whose weights the caller then loads)."""
+    random-init from a saved transformers config `hf_config` (whose weights the caller then loads).
+
+    A pretrained folder (or hub name) brings its own config; `cfg.training_settings()` (time masking, dropout,
+    LayerDrop) override it, with a warning for each value that differs, so a preset means the same training
+    whatever folder its weights come from."""
+    import warnings
     from transformers import HubertConfig, HubertModel, Wav2Vec2Config, Wav2Vec2Model
     cls = {"hubert": HubertModel, "wav2vec2": Wav2Vec2Model}[cfg.kind]
+    config_cls = {"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config}[cfg.kind]
     if hf_config is not None:
-        return cls({"hubert": HubertConfig, "wav2vec2": Wav2Vec2Config}[cfg.kind].from_dict(hf_config))
+        return cls(config_cls.from_dict(hf_config))
     if cfg.pretrained is None:
         return cls(cfg.hf_config())
     try:
-        return cls.from_pretrained(cfg.pretrained)
+        config = config_cls.from_pretrained(cfg.pretrained)
+        for k, v in cfg.training_settings().items():
+            if getattr(config, k, None) != v:
+                warnings.warn(f"pretrained encoder {cfg.pretrained!r}: its config has {k} = {getattr(config, k, None)}; "
+                              f"training uses the preset's {k} = {v}", stacklevel=3)
+                setattr(config, k, v)
+        return cls.from_pretrained(cfg.pretrained, config=config)
     except (OSError, ValueError) as e:
         raise OSError(
             f"could not load pretrained {cfg.kind} weights {cfg.pretrained!r}: {e}\n"
@@ -221,7 +243,8 @@ class AudioEncoder(nn.Module):
         frame_mask = torch.arange(T, device=audio.device)[None] < n_frames[:, None]   # (B, T)
         h = self.model.feature_projection(feats)
         h = h[0] if isinstance(h, tuple) else h                             # wav2vec2 also returns the normed input
-        if self.training and self.model.config.mask_time_prob > 0:
+        # SpecAugment time masking; a batch shorter than one mask span (transformers would raise) trains unmasked
+        if self.training and self.model.config.mask_time_prob > 0 and T >= self.model.config.mask_time_length:
             h = self.model._mask_hidden_states(h)
         out = self.model.encoder(h, attention_mask=frame_mask)
         return out[0] if isinstance(out, tuple) else out.last_hidden_state   # (B, T, hidden)

@@ -12,12 +12,20 @@ import typing
 
 
 class Config:
-    """Mixin for dataclass configs: `to_dict()` / `from_dict()`."""
+    """Mixin for dataclass configs: `to_dict()` / `from_dict()`.
+
+    A field added to a config after runs were keyed on it goes in the class's `ADDED_FIELDS` ({name: default}):
+    `to_dict()` leaves it out while it holds that default, so every earlier run's key (a hash of `to_dict()`)
+    stays the same, and `from_dict()` of an older dict fills it in."""
+
+    ADDED_FIELDS: typing.ClassVar[dict] = {}
 
     def to_dict(self) -> dict:
         def plain(v):
             if dataclasses.is_dataclass(v):
-                return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+                added = getattr(v, "ADDED_FIELDS", {})
+                return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)
+                        if not (f.name in added and getattr(v, f.name) == added[f.name])}
             if isinstance(v, (tuple, list)):
                 return [plain(x) for x in v]
             return v

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import shutil
 import warnings
 from dataclasses import dataclass, field
 from math import gcd
@@ -109,6 +110,7 @@ class Sequence:
     phoneme_intervals: list[tuple[float, float, str]] | None = field(default=None, repr=False)
     text: str | None = None
     style: np.ndarray | None = field(default=None, repr=False)    # the speaker's true style (SynthVOCA only)
+    read_per_batch: bool = False                   # large clips read from disk each time, never kept (VOCASET)
 
     def audio(self) -> np.ndarray:
         """(N,) float32 at 16 kHz."""
@@ -444,6 +446,45 @@ class VOCASET:
     def subjects(self, split: str) -> list[str]:
         return [s for sp, subs in self.subjects_by_split.items() for s in subs if split in ("all", sp)]
 
+    FID_COMPONENTS = 16               # principal components of the FID features on FLAME meshes
+
+    def extractor(self):
+        """The FID motion-feature extractor (`metrics.MotionFeatureExtractor`: lower-face displacements, principal
+        components, 8-frame windows), the same definition as SynthVOCA's. A folder exported by the kit
+        (`export_vocaset_layout`) brings its own (`mtk_fid_extractor.npz`, the one its SynthVOCA was scored with);
+        otherwise it is fitted on this dataset's training split on first use (`fit_extractor`, 16 components)
+        and kept in runs/fid-extractors/<dataset key>.npz, so every run on the same data scores FID with the
+        same features."""
+        from .metrics import MotionFeatureExtractor
+        from .paths import runs_dir
+        if (self.root / "mtk_fid_extractor.npz").exists():
+            return MotionFeatureExtractor.load(self.root / "mtk_fid_extractor.npz")
+        path = runs_dir() / "fid-extractors" / f"{self.key}.npz"
+        if path.exists():
+            return MotionFeatureExtractor.load(path)
+        ext = self.fit_extractor(self.FID_COMPONENTS)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        ext.save(tmp)
+        tmp.replace(path)
+        return ext
+
+    def fit_extractor(self, n_components: int = FID_COMPONENTS):
+        """Fit the FID extractor on the training split's ground truth. Needs the template's `lower_face` region
+        (from FLAME_masks.pkl). Only lower-face vertices are held while fitting (about 0.5 GB for VOCASET's
+        training split rather than 2.8 GB of whole meshes); the result is the extractor a fit on whole meshes
+        gives."""
+        from .metrics import MotionFeatureExtractor
+        if "lower_face" not in self.template.masks:
+            raise ValueError(f"VOCASET at {self.root}: the template has no lower_face region, which FID's features "
+                             f"use; add FLAME's region masks as {self.root / 'FLAME_masks.pkl'} (from the FLAME website)")
+        idx = self.template.mask("lower_face")
+        seqs = self.sequences("train")
+        fit = MotionFeatureExtractor.fit([s.vertices()[:, idx] for s in seqs], [s.template.vertices[idx] for s in seqs],
+                                         np.arange(len(idx)), n_components=n_components)
+        return MotionFeatureExtractor(idx, self.template.V, fit.mean, fit.components, fit.scale, fit.window, fit.hop,
+                                      fit.explained_variance_ratio, fit.n_train_frames, fit.n_train_seqs)
+
     def sequences(self, split: str = "train", part: str = "protocol") -> list[Sequence]:
         """Clips of a split; part "protocol" uses the standard sentence ranges (the only one VOCASET has)."""
         if part != "protocol":
@@ -462,7 +503,7 @@ class VOCASET:
                 return v
 
             out.append(Sequence(name, subj, k, sp, spk, self.templates[subj],
-                                lambda wav=wav: load_audio(wav), vertices))
+                                lambda wav=wav: load_audio(wav), vertices, read_per_batch=True))
         return out
 
 
@@ -473,6 +514,7 @@ def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
     out/wav/<subject>_sentenceNN.wav            16 kHz PCM16 mono
     out/templates.pkl                           {subject: (V, 3)}
     out/mtk_template.npz                        faces and region masks (FLAME_sample.ply's role)
+    out/mtk_fid_extractor.npz                   the FID extractor the SynthVOCA was scored with
     """
     import soundfile as sf
 
@@ -489,16 +531,21 @@ def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
     with open(out / "templates.pkl", "wb") as f:
         pickle.dump(templates, f)
     ds.template.save(out / "mtk_template.npz")
+    shutil.copyfile(ds.root / "fid_extractor.npz", out / "mtk_fid_extractor.npz")
     return out
 
 
 # --------------------------------------------------------------------------- torch
 class FaceDataset(torch.utils.data.Dataset):
-    """Sequences as dicts of tensors (see the module docstring), for a DataLoader with `collate`."""
+    """Sequences as dicts of tensors (see the module docstring), for a DataLoader with `collate`.
+
+    cache: keep each item once read (SynthVOCA's clips are small). Never for clips marked `read_per_batch`
+    (VOCASET: about 11 MB each, 3.6 GB for its training set), so memory stays flat whatever the dataset's size."""
 
     def __init__(self, sequences: list[Sequence], n_train_speakers: int, cache: bool = False):
         self.sequences = list(sequences)
         self.n_train = n_train_speakers
+        cache = cache and not any(s.read_per_batch for s in self.sequences)
         self._cache: dict[int, dict] | None = {} if cache else None
 
     def __len__(self):

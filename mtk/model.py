@@ -90,7 +90,7 @@ class ModelConfig(Config):
 
     @classmethod
     def paper(cls, vertex_dim: int = 15069, **kw) -> "ModelConfig":
-        return cls(vertex_dim=vertex_dim, audio=AudioConfig.paper(), **kw)
+        return cls(**{"vertex_dim": vertex_dim, "audio": AudioConfig.paper(), **kw})
 
 
 class PeriodicPositionalEncoding(nn.Module):

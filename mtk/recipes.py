@@ -85,7 +85,31 @@ def check_dataset(dataset, preset: str) -> None:
         raise ValueError(
             f"preset {preset!r} pretrains the kit's small speech encoder on phoneme labels, and {dataset!r} has "
             "none (VOCASET has no phoneme alignment). Use preset 'paper' (a pretrained HuBERT: a hub name or a "
-            "local folder), or pass audio=AudioConfig(pretrained=<folder>) with a pretrained encoder.")
+            "local folder: pretrained=<folder or hub name>), or pass pretrained=<folder> to this preset.")
+
+
+def pretrained_encoder(pretrained: str, base: AudioConfig) -> AudioConfig:
+    """`base`, a preset's encoder settings (time masking, dropout, LayerDrop, a frozen CNN), with its weights
+    from `pretrained`: a folder written by transformers' `save_pretrained` (e.g. a downloaded
+    facebook/hubert-base-ls960) or a hub name. A folder's kind (HuBERT or wav2vec2) is read from its
+    config.json. A path that does not exist, or a folder that is not a transformers encoder, stops here,
+    before any data or training."""
+    p = Path(pretrained).expanduser()
+    looks_like_path = p.is_absolute() or str(pretrained).startswith((".", "~")) or p.exists() or len(p.parts) > 2
+    if not p.exists():
+        if looks_like_path:
+            raise FileNotFoundError(f"pretrained encoder {pretrained!r}: no such folder; expected a folder written by "
+                                    "transformers' save_pretrained (config.json and model weights) or a hub name")
+        kind = "wav2vec2" if "wav2vec2" in str(pretrained).lower() else "hubert"
+        return replace(base, pretrained=str(pretrained), kind=kind, freeze_feature_encoder=True)
+    cfg_file = p / "config.json"
+    if not cfg_file.is_file():
+        raise ValueError(f"pretrained encoder {str(p)!r}: no config.json; expected a folder written by transformers' "
+                         "save_pretrained (config.json and model weights)")
+    kind = json.loads(cfg_file.read_text()).get("model_type")
+    if kind not in ("hubert", "wav2vec2"):
+        raise ValueError(f"pretrained encoder {str(cfg_file)!r}: model_type {kind!r}; expected 'hubert' or 'wav2vec2'")
+    return replace(base, pretrained=str(p), kind=kind, freeze_feature_encoder=True)
 
 
 PRETRAIN_EPOCHS = {"smoke": 2, "default": 12}
@@ -116,14 +140,21 @@ def train_config(preset: str, stage: int, epochs: int, **kw) -> TrainConfig:
 
 
 def method_recipe(name: str, preset: str, dataset, presets: dict, model_class, progress: bool = True,
-                  stages: list[TrainConfig] | None = None, trainer=None, **model_kw) -> Recipe:
+                  stages: list[TrainConfig] | None = None, trainer=None, pretrained: str | None = None,
+                  **model_kw) -> Recipe:
     """A baseline's recipe the way every method builds it: the preset's config from `presets`
     ({"smoke": Cfg.smoke, ...}, called with V*3 and model_kw), the shared pretrained audio encoder
     (except "paper"), the data's motion scale if the config has one, and one stage with the preset's
-    whole budget unless `stages` says otherwise."""
+    whole budget unless `stages` says otherwise. pretrained: the speech encoder's weights from this folder
+    or hub name instead (`pretrained_encoder`; the preset's encoder settings are kept)."""
     from dataclasses import fields
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}")
+    if pretrained is not None:
+        if "audio" in model_kw:
+            raise ValueError(f"{name}: pass either pretrained= or audio=, not both")
+        base = presets[preset](dataset.template.V * 3).audio if preset == "paper" else AudioConfig.default()
+        model_kw["audio"] = pretrained_encoder(pretrained, base)
     check_dataset(dataset, preset if "audio" not in model_kw else "paper")
     if preset != "paper" and "audio" not in model_kw:
         model_kw["audio"] = pretrained_audio(preset, dataset, progress)
@@ -155,15 +186,22 @@ def pretrained_audio(preset: str, dataset, progress: bool = True, train: bool = 
 
 
 def memorytalker(preset: str, dataset, progress: bool = True, epochs: int | None = None, pretrain: bool = True,
-                 **model_kw) -> Recipe:
+                 pretrained: str | None = None, **model_kw) -> Recipe:
     """MemoryTalker's recipe for a preset ("smoke", "default", "paper"); model_kw override ModelConfig fields.
 
     epochs: a different total budget (split evenly between the stages), e.g. for ablation sweeps.
     Building the recipe for "smoke"/"default" runs the shared audio pretraining once if needed;
     pretrain=False leaves that for later (the recipe's `identity` does not need it).
+    pretrained: the speech encoder's weights from a local folder (transformers' `save_pretrained` layout, e.g.
+    a downloaded facebook/hubert-base-ls960) or a hub name, with the preset's encoder settings
+    (`pretrained_encoder`); "paper" without it uses the hub's facebook/hubert-base-ls960.
     """
     if preset not in ("smoke", "default", "paper"):
         raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
+    if pretrained is not None:
+        if "audio" in model_kw:
+            raise ValueError("memorytalker: pass either pretrained= or audio=, not both")
+        model_kw["audio"] = pretrained_encoder(pretrained, AudioConfig.paper() if preset == "paper" else AudioConfig.default())
     check_dataset(dataset, preset if "audio" not in model_kw else "paper")
     V3 = dataset.template.V * 3
     if preset in ("smoke", "default") and "audio" not in model_kw:

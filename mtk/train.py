@@ -387,7 +387,7 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                 bar.set_postfix(loss=f"{sums['loss'] / n:.3e}")
             history["train"].append({k: v / max(n, 1) for k, v in sums.items()})
             if val_loader is not None:
-                history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
+                history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device, cfg.max_batches))
             history["seconds"].append(time.time() - t0)
             checkpoint.save_training_state(ckpt, model, opt, {
                 "key": key, "epoch": epoch + 1, "history": history, "train_config": asdict(cfg),
@@ -413,12 +413,14 @@ def inference_losses(model, batch: dict, stage: int) -> dict:
 
 
 @torch.no_grad()
-def evaluate_loss(model, loader, stage: int, device) -> dict:
+def evaluate_loss(model, loader, stage: int, device, max_batches: int | None = None) -> dict:
     """Mean vertex MSE (and velocity loss) on a loader, in eval mode: `model.validation_loss` if it has
-    one, else `inference_losses`."""
+    one, else `inference_losses`. max_batches: the first batches only (as training caps them)."""
     model.eval()
     sums, n = {}, 0
-    for batch in loader:
+    for i, batch in enumerate(loader):
+        if max_batches is not None and i >= max_batches:
+            break
         b = to_device(batch, device)
         out = model.validation_loss(b, stage) if hasattr(model, "validation_loss") else inference_losses(model, b, stage)
         for k in ("mse", "vel"):

@@ -470,7 +470,7 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
                 bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.3e}")
             history["train"].append({k: v / counts[k] for k, v in sums.items()})
             if val_loader is not None:
-                history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device))
+                history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device, cfg.max_batches))
             history["seconds"].append(time.time() - t0)
             checkpoint.save_training_state(ckpt_path, model, opt, {
                 "key": key, "epoch": epoch + 1, "history": history, "train_config": cfg.to_dict(),

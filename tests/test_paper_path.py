@@ -1,0 +1,116 @@
+"""The `paper` path as a VOCASET user takes it, on fixtures the test writes: a VOCASET-layout folder with region
+masks (SynthVOCA's smoke data exported), a tiny HuBERT saved with `save_pretrained` standing in for a downloaded
+facebook/hubert-base-ls960, the paper recipe with that folder as `pretrained`, one batch of each stage, and every
+Table 1 metric (FID included) on the test split."""
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from mtk import recipes
+from mtk.data import VOCASET, FaceDataset, export_vocaset_layout
+
+
+@pytest.fixture(scope="module")
+def voca(smoke_ds, tmp_path_factory):
+    out = export_vocaset_layout(smoke_ds.root, tmp_path_factory.mktemp("voca") / "vocaset")
+    n = smoke_ds.config["sentences_per_speaker"]
+    subjects = {sp: smoke_ds.subjects(sp) for sp in ("train", "val", "test")}
+    sentences = {"train": range(1, n + 1), "val": range(n // 2 + 1, n + 1), "test": range(n // 2 + 1, n + 1)}
+    return VOCASET(out, subjects=subjects, sentences=sentences)
+
+
+@pytest.fixture(scope="module")
+def hubert_folder(tmp_path_factory):
+    """A tiny randomly initialised HuBERT in transformers' folder layout, saved with settings that differ from
+    the paper preset's (time masking 0.3 instead of 0.05, LayerDrop 0 instead of 0.1)."""
+    from transformers import HubertConfig, HubertModel
+    cfg = HubertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                       mask_time_prob=0.3, layerdrop=0.0)
+    out = tmp_path_factory.mktemp("enc") / "hubert-tiny"
+    HubertModel(cfg).save_pretrained(out)
+    return out
+
+
+def one_batch(recipe):
+    return replace(recipe, stage1=replace(recipe.stage1, epochs=1, max_batches=1),
+                   stage2=replace(recipe.stage2, epochs=1, max_batches=1))
+
+
+def test_paper_recipe_takes_a_local_encoder_folder_and_its_preset_settings_win(voca, hubert_folder):
+    r = recipes.memorytalker("paper", voca, pretrained=str(hubert_folder))
+    assert r.model.audio.pretrained == str(hubert_folder) and r.model.audio.kind == "hubert"
+    assert (r.model.audio.mask_time_prob, r.model.audio.layerdrop) == (0.05, 0.1)          # the paper's settings
+    with pytest.warns(UserWarning, match=r"mask_time_prob = 0.3; training uses the preset's mask_time_prob = 0.05"):
+        model = recipes.build(r, voca)
+    hf = model.audio_encoder.model.config
+    assert (hf.mask_time_prob, hf.layerdrop, hf.hidden_dropout) == (0.05, 0.1, 0.1)
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        recipes.memorytalker("paper", voca, pretrained=str(hubert_folder.parent / "absent"))
+    with pytest.raises(ValueError, match="no config.json"):
+        recipes.memorytalker("paper", voca, pretrained=str(hubert_folder.parent))
+    with pytest.raises(ValueError, match="either pretrained= or audio="):
+        recipes.memorytalker("paper", voca, pretrained=str(hubert_folder), audio=r.model.audio)
+
+
+def test_paper_path_trains_both_stages_and_scores_every_table1_metric(voca, hubert_folder):
+    r = one_batch(recipes.memorytalker("paper", voca, pretrained=str(hubert_folder)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)             # the folder's settings differ (tested above)
+        model, out = recipes.load_or_train(r, voca, progress=False)
+    assert len(out["history1"]["train"]) == len(out["history2"]["train"]) == 1
+    assert len(out["history1"]["val"]) == 1                      # validation ran, capped like training
+    res = recipes.evaluate(model, voca, "test")
+    assert {"fve", "lve", "fid", "ldtw", "lip_max"} <= set(res.metrics), res.notes
+    assert all(np.isfinite(v) for v in res.metrics.values())
+    assert voca.extractor().n_vertices == voca.template.V          # the exported data's own extractor
+
+
+def test_vocaset_fid_extractor_equals_a_fit_on_whole_meshes(voca, tmp_path, monkeypatch):
+    """A folder without the kit's extractor gets one fitted on its training split and kept under runs/; fitting
+    on lower-face vertices alone (to keep memory small) gives what a fit on whole meshes gives. (SynthVOCA's motion
+    spans about 10 directions, so 8 components here; real VOCASET uses 16.)"""
+    import shutil
+    from mtk.metrics import MotionFeatureExtractor
+    bare = tmp_path / "bare"
+    shutil.copytree(voca.root, bare)
+    (bare / "mtk_fid_extractor.npz").unlink()
+    monkeypatch.setenv("MTK_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(VOCASET, "FID_COMPONENTS", 8)
+    other = VOCASET(bare, subjects=voca.subjects_by_split, sentences=voca.sentence_ranges)
+    ext = other.extractor()
+    from mtk.paths import runs_dir
+    assert (runs_dir() / "fid-extractors" / f"{other.key}.npz").exists() and str(runs_dir()).startswith(str(tmp_path))
+    seqs = other.sequences("train")
+    full = MotionFeatureExtractor.fit([s.vertices() for s in seqs], [s.template.vertices for s in seqs],
+                                      other.template.mask("lower_face"), n_components=8)
+    np.testing.assert_array_equal(ext.vertex_idx, full.vertex_idx)
+    np.testing.assert_allclose(ext.components, full.components, atol=1e-9)
+    np.testing.assert_allclose(ext.scale, full.scale, rtol=1e-9)
+    v, t = seqs[0].vertices(), seqs[0].template.vertices
+    np.testing.assert_allclose(ext.transform(v, t), full.transform(v, t), atol=1e-9)
+
+
+def test_vocaset_clips_are_never_cached_whole(voca):
+    assert FaceDataset(voca.sequences("train"), len(voca.train_subjects), cache=True)._cache is None
+
+
+def test_short_clips_train_with_time_masking(smoke_ds, hubert_folder):
+    """A clip shorter than one SpecAugment mask span (10 frames) trains: masking is skipped for it."""
+    import torch
+    from mtk.audio import AudioEncoder
+    enc = AudioEncoder(recipes.pretrained_encoder(str(hubert_folder), recipes.AudioConfig.paper())).train()
+    wave = torch.randn(1, 16000 * 8 // 30)                       # 8 frames of audio
+    h = enc(wave, torch.tensor([wave.shape[1]]), torch.tensor([8]))
+    assert h.shape[:2] == (1, 8) and torch.isfinite(h).all()
+
+
+def test_a_config_field_added_later_leaves_earlier_run_keys_alone():
+    """`layerdrop` was added to AudioConfig after runs were keyed on it: at its default it is not in the dict a
+    key hashes, an older dict without it loads, and the paper preset (LayerDrop 0.1, as released) does carry it."""
+    from mtk.audio import AudioConfig
+    assert "layerdrop" not in AudioConfig.default().to_dict()
+    assert AudioConfig.paper().to_dict()["layerdrop"] == 0.1
+    assert AudioConfig.from_dict(AudioConfig.default().to_dict()) == AudioConfig.default()
