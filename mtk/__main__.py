@@ -1,6 +1,7 @@
 """Command line: `mtk <command>` (or `python -m mtk <command>`).
 
     animate WAV --out face.mp4 [face.html face.npy]   animate your own recording
+    train              train a method on a dataset (SynthVOCA preset or folder, VOCASET folder)
     data               generate the default SynthVOCA dataset (and the smoke one)
     reproduce          run every notebook with the default preset; regenerate figures/
     strip-notebooks    clear outputs and execution counts of notebooks (before committing)
@@ -31,14 +32,55 @@ def cmd_data(args) -> None:
 
 
 def cmd_animate(args) -> None:
-    from .demo import animate_file
+    from .demo import animate_file, load_checkpoint
+    from .train import resolve_device
     try:
-        res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage, device=args.device)
+        model = None
+        if args.checkpoint:
+            if args.preset:
+                raise ValueError("pass either --checkpoint or --preset, not both")
+            model = load_checkpoint(args.checkpoint, resolve_device(args.device))
+        res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage, device=args.device, model=model)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"mtk animate: {e}") from None
     for suffix, path in res["outputs"].items():
         print(f"wrote {path}")
     print(f"{res['frames']} frames for {res['seconds']:.1f} s of audio")
+
+
+TRAINABLE = ("memorytalker", "faceformer", "codetalker", "selftalk", "imitator", "scantalk", "unitalker")
+
+
+def cmd_train(args) -> None:
+    """Train one method on one dataset with a preset's schedule; resumes from the run's last finished epoch."""
+    from dataclasses import replace
+    from . import recipes
+    from .data import load_dataset
+    from .train import resolve_device
+    try:
+        device = resolve_device(args.device)                  # checked before any data or training
+        ds = load_dataset(args.data)
+        kw = {"pretrained": args.pretrained} if args.pretrained else {}
+        if args.method == "memorytalker":
+            r = recipes.memorytalker(args.preset, ds, **kw)
+        else:
+            from .baselines import recipe
+            r = recipe(args.method, args.preset, ds, **kw)
+        if args.epochs or args.max_batches:                   # shorter runs (a quick check); a run of their own
+            def cut(stage):
+                return stage and replace(stage, epochs=args.epochs or stage.epochs,
+                                         max_batches=args.max_batches or stage.max_batches)
+            r = replace(r, stage1=cut(r.stage1), stage2=cut(r.stage2))
+    except (ValueError, FileNotFoundError, KeyError, OSError) as e:
+        raise SystemExit(f"mtk train: {e}") from None
+    run = r.run_dir(ds)
+    stages = " + ".join(f"{s.epochs}" for s in (r.stage1, r.stage2) if s)
+    print(f"training {r.name} on {ds!r}: {stages} epochs on {device}; run folder {run}", flush=True)
+    recipes.load_or_train(r, ds, device=device)
+    if (run / "model" / "config.json").exists():
+        print(f"done: {run / 'model'} (animate with: mtk animate speech.wav --checkpoint {run} --out face.mp4)")
+    else:
+        print(f"done: {run}")
 
 
 def _polled(get_msg, step: float = 0.5):
@@ -177,12 +219,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="outputs: .mp4 (video with sound), .html (interactive 3D), .npy (vertices T x V x 3, metres)")
     p.add_argument("--preset", default=None, choices=["default", "smoke"],
                    help="which trained MemoryTalker (default: 'smoke' when MTK_SMOKE=1, else 'default')")
+    p.add_argument("--checkpoint", default=None,
+                   help="animate with this trained MemoryTalker instead: a run folder (runs/<run>/, e.g. from "
+                        "`mtk train`) or a model folder written by save_pretrained; it animates its own template")
     p.add_argument("--stage", type=int, default=None, choices=[1, 2],
                    help="1: the memory as stage 1 left it; 2 (default): stylized from the audio")
     p.add_argument("--device", default="auto",
                    help="where models run and train: auto (default: a CUDA GPU if torch sees one, else the CPU), cpu, "
                         "cuda, cuda:<index> or mps")
     p.set_defaults(fn=cmd_animate)
+    p = sub.add_parser("train", help="train a method on a dataset with a preset's schedule (resumable)")
+    p.add_argument("--method", default="memorytalker", choices=TRAINABLE, help="what to train (default: memorytalker)")
+    p.add_argument("--preset", default="default", choices=["smoke", "default", "paper"],
+                   help="budget and model size: smoke, default (the kit's small encoder, pretrained on SynthVOCA's "
+                        "phonemes), paper (HuBERT-base, 100 + 100 epochs, batch 1: a GPU job)")
+    p.add_argument("--data", default="default",
+                   help="a SynthVOCA preset (default, many, smoke) or a folder: SynthVOCA (meta.json) or VOCASET "
+                        "(vertices_npy/, wav/, templates.pkl, FLAME_sample.ply, FLAME_masks.pkl)")
+    p.add_argument("--pretrained", default=None,
+                   help="the speech encoder's weights: a local folder (transformers' save_pretrained layout, e.g. a "
+                        "downloaded facebook/hubert-base-ls960) or a hub name; the preset's encoder settings are kept")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:<index> or mps")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per stage instead of the preset's (a run of its own)")
+    p.add_argument("--max-batches", type=int, default=None, help="batches per epoch at most (a quick check)")
+    p.set_defaults(fn=cmd_train)
     sub.add_parser("data", help="generate the SynthVOCA datasets").set_defaults(fn=cmd_data)
     p = sub.add_parser("reproduce", help="run every notebook with the default preset")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")

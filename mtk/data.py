@@ -280,6 +280,9 @@ class VOCASET:
         root/FLAME_sample.ply, root/FLAME_masks.pkl  optional: faces and region masks (the masks are
                                                      needed to train and evaluate: lips, upper face)
         root/mtk_template.npz                        optional: faces and masks (exported SynthVOCA)
+        root/mtk_splits.json                         optional: {"subjects": {split: [...]}, "sentences":
+                                                     {split: [first, last]}} instead of VOCASET's standard
+                                                     split (exported SynthVOCA)
 
     Vertex files are memory-mapped, so a full VOCASET never sits in RAM at once. Opening the folder
     checks every file cheaply (headers, shapes, dtypes, the first frame, audio lengths) and raises an
@@ -297,8 +300,10 @@ class VOCASET:
                  sentences: dict[str, range] | None = None, known_missing=VOCASET_KNOWN_MISSING,
                  strict: bool = True):
         self.root = Path(root)
-        self.subjects_by_split = subjects or VOCASET_SUBJECTS
-        self.sentence_ranges = sentences or VOCASET_SENTENCES
+        own = json.loads((self.root / "mtk_splits.json").read_text()) if (self.root / "mtk_splits.json").exists() else {}
+        self.subjects_by_split = subjects or own.get("subjects") or VOCASET_SUBJECTS
+        self.sentence_ranges = sentences or {sp: range(a, b + 1) for sp, (a, b) in own.get("sentences", {}).items()} \
+            or VOCASET_SENTENCES
         need = [self.root / "vertices_npy", self.root / "wav", self.root / "templates.pkl"]
         missing = [str(p) for p in need if not p.exists()]
         if missing:
@@ -515,6 +520,8 @@ def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
     out/templates.pkl                           {subject: (V, 3)}
     out/mtk_template.npz                        faces and region masks (FLAME_sample.ply's role)
     out/mtk_fid_extractor.npz                   the FID extractor the SynthVOCA was scored with
+    out/mtk_splits.json                         its speakers per split and sentence ranges (the protocol's:
+                                                training speakers all their sentences, the others 21-40 of 40)
     """
     import soundfile as sf
 
@@ -532,6 +539,11 @@ def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
         pickle.dump(templates, f)
     ds.template.save(out / "mtk_template.npz")
     shutil.copyfile(ds.root / "fid_extractor.npz", out / "mtk_fid_extractor.npz")
+    n_train = max(s.sentence for s in ds.sequences("train"))
+    n = max(s.sentence for s in ds.sequences("all"))
+    splits = {"subjects": {sp: ds.subjects(sp) for sp in ("train", "val", "test")},
+              "sentences": {"train": [1, n_train], "val": [n // 2 + 1, n], "test": [n // 2 + 1, n]}}
+    (out / "mtk_splits.json").write_text(json.dumps(splits, indent=1))
     return out
 
 

@@ -40,6 +40,30 @@ def trained_model(preset: str | None = None, progress: bool = True, device: str 
     return model.to(device)
 
 
+def load_checkpoint(path, device: str = "cpu"):
+    """A trained MemoryTalker from `path`: a run folder (`runs/<run>/`, whose `model/` is written when both
+    stages finish) or a model folder written by `save_pretrained` (config.json, model.safetensors,
+    template.npz). It animates on its own template: the face it was trained with. Raises FileNotFoundError
+    or ValueError naming the folder and what it holds."""
+    import json
+    from .model import MemoryTalker
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path}: no such folder; expected a run folder (runs/<run>/) or a model "
+                                "folder written by save_pretrained")
+    folder = path / "model" if (path / "model" / "config.json").exists() else path
+    if not (folder / "config.json").exists():
+        held = ""
+        if (path / "recipe.json").exists():
+            recipe = json.loads((path / "recipe.json").read_text())
+            held = f" It is the run of a {recipe.get('class')} ({recipe.get('name')})"
+            held += (": its model/ folder is written when both stages finish (run `mtk train` again to resume)."
+                     if recipe.get("class") == "MemoryTalker" else
+                     "; `--checkpoint` animates MemoryTalker runs (the baselines animate in notebook 04).")
+        raise ValueError(f"checkpoint {path}: no trained model (config.json) here or in {path / 'model'}.{held}")
+    return MemoryTalker.from_pretrained(folder, device=device)
+
+
 def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | None = None, model=None,
                  template=None, progress: bool = True, size: int = 480, device: str | None = None) -> dict:
     """Animate `audio_path` and write every requested output. Returns {suffix: path} and the frame count.

@@ -396,10 +396,20 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                 msg = f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
                 if history["val"]:
                     msg += f", val mse {history['val'][-1]['mse']:.4e}"
-                print(msg + f" ({history['seconds'][-1]:.1f} s)", flush=True)
+                left = (cfg.epochs - epoch - 1) * float(np.mean(history["seconds"][start:]))
+                eta = f"; about {_duration(left)} left in this stage" if left > 0 else ""
+                print(msg + f" ({history['seconds'][-1]:.1f} s{eta})", flush=True)
             if callback is not None:
                 callback(epoch + 1, history)
     return history
+
+
+def _duration(seconds: float) -> str:
+    """3725 -> "1 h 2 min", 95 -> "2 min", 20 -> "20 s"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    m = int(round(seconds / 60))
+    return f"{m // 60} h {m % 60} min" if m >= 60 else f"{m} min"
 
 
 @torch.no_grad()

@@ -114,3 +114,36 @@ def test_a_config_field_added_later_leaves_earlier_run_keys_alone():
     assert "layerdrop" not in AudioConfig.default().to_dict()
     assert AudioConfig.paper().to_dict()["layerdrop"] == 0.1
     assert AudioConfig.from_dict(AudioConfig.default().to_dict()) == AudioConfig.default()
+
+
+def test_readme_vocaset_commands_run_on_the_fixture(voca, hubert_folder, tmp_path, monkeypatch, capsys):
+    """The README's VOCASET commands, as written, with the fixture's paths in place of the README's, the CPU for
+    the GPU, and one batch of one epoch per stage (the README's own quick-check flags)."""
+    import re
+    import shlex
+    from pathlib import Path
+    import soundfile as sf
+    from mtk.__main__ import main
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    block = re.search(r"### VOCASET\n.*?```sh\n(.*?)```", readme, re.S).group(1)
+    train_cmd, animate_cmd = [line for line in block.splitlines() if line.startswith("mtk ")]
+    monkeypatch.setenv("MTK_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    swap = {"/data/vocaset": str(voca.root), "./hubert-base-ls960": str(hubert_folder), "--device cuda": "--device cpu"}
+    for a, b in swap.items():
+        assert a in train_cmd, a
+        train_cmd = train_cmd.replace(a, b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        main(shlex.split(train_cmd)[1:] + ["--epochs", "1", "--max-batches", "1"])
+    out = capsys.readouterr().out
+    run = re.search(r"--checkpoint (\S+)", out).group(1)
+    assert (Path(run) / "model" / "config.json").exists() and (Path(run) / "stage1.json").exists()
+    clip = voca.sequences("test")[0]
+    sf.write(tmp_path / "speech.wav", clip.audio(), 16000)
+    animate_cmd = re.sub(r"runs/memorytalker-paper-<key>", run, animate_cmd)
+    main(shlex.split(animate_cmd)[1:])
+    v = np.load(tmp_path / "face.npy")
+    assert v.shape[1:] == (voca.template.V, 3) and (tmp_path / "face.mp4").stat().st_size > 0
+    with pytest.raises(SystemExit, match="no trained model"):
+        main(["animate", "speech.wav", "--checkpoint", str(Path(run).parent), "--out", "x.npy"])   # runs/, not a run

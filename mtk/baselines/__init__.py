@@ -33,8 +33,8 @@ METHODS = {
 }
 
 
-def recipe(name: str, preset: str, dataset):
-    """The recipe of a baseline by name."""
+def recipe(name: str, preset: str, dataset, **kw):
+    """The recipe of a baseline by name; kw go to its `recipe` (e.g. pretrained=<encoder folder>)."""
     if name not in METHODS:
         raise KeyError(f"unknown baseline {name!r}; available: {sorted(METHODS)}")
-    return importlib.import_module(METHODS[name]).recipe(preset, dataset)
+    return importlib.import_module(METHODS[name]).recipe(preset, dataset, **kw)
