@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -232,20 +233,37 @@ def on_device(recipe: Recipe, device: str) -> Recipe:
                    shares_stage1=recipe.shares_stage1 and on_device(recipe.shares_stage1, device))
 
 
+def requested_device(device: str | None = None, recipe: Recipe | None = None) -> tuple[str, str]:
+    """(where the setting comes from, the device asked for): `device`, else MTK_DEVICE, else the recipe's."""
+    if device:
+        return "device", device
+    if os.environ.get("MTK_DEVICE"):
+        return "MTK_DEVICE", os.environ["MTK_DEVICE"]
+    return "the recipe's device", recipe.stage1.device if recipe is not None else "auto"
+
+
 def training_device(device: str | None = None, recipe: Recipe | None = None) -> str:
     """The device a training runs on: `device` if given, else the environment's MTK_DEVICE (what
     `mtk reproduce --device` sets for the notebooks), else the recipe's ("auto": a CUDA GPU if torch sees
     one, else the CPU). Checked here (`train.resolve_device`), with the setting's source in the error."""
-    if device:
-        source, name = "device", device
-    elif os.environ.get("MTK_DEVICE"):
-        source, name = "MTK_DEVICE", os.environ["MTK_DEVICE"]
-    else:
-        source, name = "the recipe's device", recipe.stage1.device if recipe is not None else "auto"
+    source, name = requested_device(device, recipe)
     try:
         return resolve_device(name)
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
+
+
+def finished(recipe: Recipe, dataset) -> bool:
+    """Whether every stage of the recipe's run has its last epoch saved (nothing left to train)."""
+    from .checkpoint import read_training_record
+    run = recipe.run_dir(dataset)
+    for name, cfg in (("stage1", recipe.stage1), ("stage2", recipe.stage2)):
+        if cfg is None or (name == "stage1" and recipe.shares_stage1 is not None):
+            continue
+        record = read_training_record(run / name)
+        if record is None or record.get("epoch", 0) < cfg.epochs:
+            return False
+    return True
 
 
 def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2),
@@ -259,7 +277,19 @@ def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2),
     returned dict also holds the stage-1 weights so both models can be compared. A finished model with
     `save_pretrained` is also written to `<run>/model/` (load it with `from_pretrained`, no dataset needed).
     """
-    recipe = on_device(recipe, training_device(device, recipe))
+    try:
+        recipe = on_device(recipe, training_device(device, recipe))
+    except ValueError:
+        # a run finished elsewhere (e.g. trained on a GPU) loads on a machine without that device: only
+        # training needs it. A device name that means nothing is still an error.
+        name = requested_device(device, recipe)[1]
+        if (recipe.trainer is not None or not re.fullmatch(r"cuda(:\d+)?|mps", name)
+                or not finished(recipe, dataset)):
+            raise
+        import warnings
+        warnings.warn(f"{recipe.run_dir(dataset).name}: asked for a device this machine lacks; the run is finished, "
+                      "so it is loaded on the CPU", stacklevel=2)
+        recipe = on_device(recipe, "cpu")
     if recipe.trainer is not None:                       # e.g. UniTalker trains on two datasets
         model, out = recipe.trainer(recipe, dataset, progress)
         out["stage1_state"] = {k: v.cpu() for k, v in out["stage1_state"].items()}

@@ -1,6 +1,7 @@
 """The trained default MemoryTalker shipped in mtk/pretrained/: its recipe is the code's, it loads without
 training, and a stale one is refused with the reason."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -40,6 +41,13 @@ def test_the_device_is_not_part_of_a_runs_identity(trained, smoke_ds, monkeypatc
     again, _ = recipes.load_or_train(recipes.on_device(r, "cpu"), smoke_ds, progress=False, device="auto")
     assert {p.device.type for p in again.parameters()} == {"cpu"}
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), model.state_dict().values()))
+    if not torch.cuda.is_available():                                    # a GPU-trained run on a CPU machine
+        with pytest.warns(UserWarning, match="the run is finished, so it is loaded on the CPU"):
+            on_cpu, _ = recipes.load_or_train(gpu, smoke_ds, progress=False)
+        assert all(torch.equal(a, b) for a, b in zip(on_cpu.state_dict().values(), model.state_dict().values()))
+        with pytest.raises(ValueError, match="cuda"):                      # training would need the GPU
+            recipes.load_or_train(replace(gpu, stage2=replace(gpu.stage2, epochs=gpu.stage2.epochs + 1)),
+                                  smoke_ds, progress=False)
     monkeypatch.setenv("MTK_DEVICE", "quantum")
     with pytest.raises(ValueError, match="MTK_DEVICE: device 'quantum': expected 'auto', 'cpu'"):
         recipes.load_or_train(r, smoke_ds, progress=False)
