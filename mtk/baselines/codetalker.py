@@ -68,7 +68,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..configs import Config
-from ..audio import AudioConfig, AudioEncoder
+from ..audio import AudioConfig, make_audio_encoder
 from ..losses import masked_mse, vertex_losses
 from ..model import PeriodicPositionalEncoding
 from ..recipes import Recipe, budget, train_config, method_recipe
@@ -230,7 +230,7 @@ class CodeTalker(nn.Module):
         self.cfg, self.n_speakers = cfg, n_speakers
         d = cfg.dim
         self.vq = MotionVQVAE(cfg)
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.audio_encoder = make_audio_encoder(cfg.audio)
         self.audio_map = nn.Linear(self.audio_encoder.hidden_size, d)              # audio_feature_map
         self.vertex_map = nn.Linear(cfg.vertex_dim, d)                             # vertice_map
         self.style = nn.Embedding(n_speakers, d)                                   # learnable_style_emb
@@ -338,7 +338,7 @@ class CodeTalker(nn.Module):
         if stage == 1:
             return list(self.vq.parameters())
         frozen = "audio_encoder.model.feature_extractor." if self.cfg.audio.freeze_feature_encoder else "\0"
-        return [p for n, p in self.named_parameters() if not n.startswith(("vq.", frozen))]
+        return [p for n, p in self.named_parameters() if not n.startswith(("vq.", frozen)) and p.requires_grad]
 
     @torch.no_grad()
     def predict_batch(self, batch: dict, stage=None, condition=None, return_features: bool = False):

@@ -56,7 +56,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..configs import Config
-from ..audio import AudioConfig, AudioEncoder
+from ..audio import AudioConfig, make_audio_encoder
 from ..losses import vertex_losses
 from ..model import PeriodicPositionalEncoding, alignment_mask
 from ..recipes import Recipe, method_recipe
@@ -197,7 +197,7 @@ class FaceFormer(nn.Module):
         super().__init__()
         self.cfg, self.n_speakers = cfg, n_speakers
         d = cfg.dim
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.audio_encoder = make_audio_encoder(cfg.audio)
         self.audio_map = nn.Linear(self.audio_encoder.hidden_size, d)              # audio_feature_map
         self.vertex_map = nn.Linear(cfg.vertex_dim, d)                             # vertice_map
         self.style = nn.Linear(n_speakers, d, bias=False)                          # obj_vector
@@ -259,7 +259,7 @@ class FaceFormer(nn.Module):
     def stage_parameters(self, stage: int = 1) -> list:
         """Everything except the frozen CNN feature encoder."""
         frozen = "audio_encoder.model.feature_extractor." if self.cfg.audio.freeze_feature_encoder else None
-        return [p for n, p in self.named_parameters() if not (frozen and n.startswith(frozen))]
+        return [p for n, p in self.named_parameters() if not (frozen and n.startswith(frozen)) and p.requires_grad]
 
     @torch.no_grad()
     def predict_batch(self, batch: dict, stage=None, condition=None, return_features: bool = False):

@@ -70,7 +70,7 @@ import torch.nn as nn
 
 from ..synthvoca.articulation import PHONEMES, strip_stress
 from ..configs import Config
-from ..audio import AudioConfig, AudioEncoder
+from ..audio import AudioConfig, make_audio_encoder
 from ..data import FaceDataset, collate
 from ..losses import vertex_losses
 from ..model import alignment_mask
@@ -157,7 +157,7 @@ class Imitator(nn.Module):
         self.cfg = cfg
         d = cfg.dim
         self.n_speakers = n_speakers
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.audio_encoder = make_audio_encoder(cfg.audio)
         self.audio_map = nn.Linear(self.audio_encoder.hidden_size, d)
         layer = nn.TransformerDecoderLayer(d_model=d, nhead=cfg.n_heads, dim_feedforward=cfg.ff_dim,
                                            dropout=cfg.dropout, batch_first=True)

@@ -82,7 +82,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 from ..configs import Config
-from ..audio import AudioConfig, AudioEncoder, frames_for
+from ..audio import AudioConfig, make_audio_encoder, frames_for
 from ..losses import vertex_losses
 from ..paths import data_dir
 from ..recipes import Recipe, method_recipe
@@ -365,7 +365,7 @@ class ScanTalk(nn.Module):
         super().__init__()
         self.cfg = cfg
         W = cfg.width
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.audio_encoder = make_audio_encoder(cfg.audio)
         self.audio_embedding = nn.Linear(self.audio_encoder.hidden_size, W)
         self.lstm = nn.LSTM(W, W // 2, num_layers=cfg.lstm_layers, batch_first=True, bidirectional=True)
         self.encoder = DiffusionNet(3, W, W, cfg.encoder_blocks, cfg.gradient_features)

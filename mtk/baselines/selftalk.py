@@ -78,7 +78,7 @@ import torch.nn.functional as F
 
 from ..synthvoca.articulation import PHONEMES
 from ..configs import Config
-from ..audio import AudioConfig, AudioEncoder
+from ..audio import AudioConfig, make_audio_encoder
 from ..losses import vertex_losses
 from ..recipes import Recipe, method_recipe
 from ..train import eval_mode
@@ -158,7 +158,7 @@ class SelfTalk(nn.Module):
         self.cfg = cfg
         d = cfg.dim
         # the facial animator
-        self.audio_encoder = AudioEncoder(cfg.audio)
+        self.audio_encoder = make_audio_encoder(cfg.audio)
         H = self.audio_encoder.hidden_size
         self.audio_map = nn.Linear(H, d)
         layer = nn.TransformerDecoderLayer(d_model=d, nhead=cfg.n_heads, dim_feedforward=cfg.ff_dim,

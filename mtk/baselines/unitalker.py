@@ -72,6 +72,7 @@ import torch.nn.functional as F
 
 from ..configs import Config
 from ..audio import AudioConfig, AudioEncoder
+from ..audio import make_audio_encoder as _make_encoder
 from ..data import motion_scale, FaceDataset, Sequence, SynthVOCA, collate
 from ..losses import masked_mse, vertex_losses
 from ..paths import data_dir
@@ -169,7 +170,7 @@ class WavLMAudioEncoder(AudioEncoder):
 
 
 def make_audio_encoder(cfg: AudioConfig) -> AudioEncoder:
-    return WavLMAudioEncoder(cfg) if cfg.kind == "wavlm" else AudioEncoder(cfg)
+    return WavLMAudioEncoder(cfg) if cfg.kind == "wavlm" else _make_encoder(cfg)
 
 
 # --------------------------------------------------------------------------- PCA heads
