@@ -150,6 +150,7 @@ def test_every_imported_package_is_declared():
     import sys
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     declared = {_name(r) for r in project["dependencies"]}
+    declared |= {_name(r) for r in project["optional-dependencies"]["whisper"]}   # imported only when asked for
     import_name = {"sklearn": "scikit-learn", "yaml": "pyyaml", "imageio_ffmpeg": "imageio-ffmpeg",
                    "espeakng_loader": "espeakng-loader", "mpl_toolkits": "matplotlib"}
     imported = set()
@@ -178,7 +179,7 @@ def test_cli_has_a_command_version_and_help_everywhere(capsys):
     # every subcommand and every option says what it is for
     parser = cli.build_parser()
     subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subs.choices) == {"animate", "data", "reproduce", "strip-notebooks"}
+    assert set(subs.choices) == {"animate", "data", "reproduce", "strip-notebooks", "train"}
     helps = {c.dest: c.help for c in subs._choices_actions}
     assert all(helps.get(name) for name in subs.choices), helps
     for name, sub in subs.choices.items():
