@@ -150,47 +150,52 @@ def whisper_config(v: dict, token_ids: dict[str, int] | None = None):
         max_target_positions=v["decoder/position_encodings/encodings"].shape[0], **ids)
 
 
+def _mapping(n_encoder: int, n_decoder: int) -> list[tuple[str, str, str, tuple[str, ...] | None]]:
+    """Every module of a Whisper as (kind, transformers name, CTranslate2 scope, fused parts): the one table both
+    directions read. kind: "linear" (weight, optional bias), "norm" (gamma/beta), "fused" (rows of one
+    CTranslate2 projection split into the named q/k/v projections; k has no bias), "tensor" (as it is)."""
+    out = [("linear", "model.encoder.conv1", "encoder/conv1", None),
+           ("linear", "model.encoder.conv2", "encoder/conv2", None),
+           ("tensor", "model.encoder.embed_positions.weight", "encoder/position_encodings/encodings", None),
+           ("tensor", "model.decoder.embed_positions.weight", "decoder/position_encodings/encodings", None),
+           ("tensor", "model.decoder.embed_tokens.weight", "decoder/embeddings/weight", None)]
+    for side, n in (("encoder", n_encoder), ("decoder", n_decoder)):
+        out.append(("norm", f"model.{side}.layer_norm", f"{side}/layer_norm", None))
+        for i in range(n):
+            L, s = f"model.{side}.layers.{i}", f"{side}/layer_{i}"
+            out += [("fused", f"{L}.self_attn", f"{s}/self_attention/linear_0", ("q", "k", "v")),
+                    ("linear", f"{L}.self_attn.out_proj", f"{s}/self_attention/linear_1", None),
+                    ("norm", f"{L}.self_attn_layer_norm", f"{s}/self_attention/layer_norm", None),
+                    ("linear", f"{L}.fc1", f"{s}/ffn/linear_0", None),
+                    ("linear", f"{L}.fc2", f"{s}/ffn/linear_1", None),
+                    ("norm", f"{L}.final_layer_norm", f"{s}/ffn/layer_norm", None)]
+            if side == "decoder":
+                out += [("linear", f"{L}.encoder_attn.q_proj", f"{s}/attention/linear_0", None),
+                        ("fused", f"{L}.encoder_attn", f"{s}/attention/linear_1", ("k", "v")),
+                        ("linear", f"{L}.encoder_attn.out_proj", f"{s}/attention/linear_2", None),
+                        ("norm", f"{L}.encoder_attn_layer_norm", f"{s}/attention/layer_norm", None)]
+    return out
+
+
 def whisper_state_dict(v: dict) -> dict[str, torch.Tensor]:
     """CTranslate2 Whisper variables -> transformers' `WhisperForConditionalGeneration` state dict."""
     sd: dict[str, torch.Tensor] = {}
     d = v["encoder/conv1/weight"].shape[0]
-
-    def linear(dst, src):
-        sd[f"{dst}.weight"] = _weight(v, f"{src}/weight")
-        if f"{src}/bias" in v:
-            sd[f"{dst}.bias"] = v[f"{src}/bias"].float()
-
-    def norm(dst, src):
-        sd[f"{dst}.weight"], sd[f"{dst}.bias"] = v[f"{src}/gamma"].float(), v[f"{src}/beta"].float()
-
-    def fused(dst, src, names):                     # rows of one fused projection -> q / k / v (k has no bias)
-        w = _weight(v, f"{src}/weight")
-        b = v.get(f"{src}/bias")
-        for i, n in enumerate(names):
-            sd[f"{dst}.{n}_proj.weight"] = w[i * d:(i + 1) * d]
-            if n != "k":
-                sd[f"{dst}.{n}_proj.bias"] = b[i * d:(i + 1) * d].float() if b is not None else torch.zeros(d)
-
-    for side in ("encoder", "decoder"):
-        m = f"model.{side}"
-        sd[f"{m}.embed_positions.weight"] = v[f"{side}/position_encodings/encodings"].float()
-        norm(f"{m}.layer_norm", f"{side}/layer_norm")
-        for i in range(_layers(v, side)):
-            L, s = f"{m}.layers.{i}", f"{side}/layer_{i}"
-            fused(f"{L}.self_attn", f"{s}/self_attention/linear_0", ("q", "k", "v"))
-            linear(f"{L}.self_attn.out_proj", f"{s}/self_attention/linear_1")
-            norm(f"{L}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-            linear(f"{L}.fc1", f"{s}/ffn/linear_0")
-            linear(f"{L}.fc2", f"{s}/ffn/linear_1")
-            norm(f"{L}.final_layer_norm", f"{s}/ffn/layer_norm")
-            if side == "decoder":
-                linear(f"{L}.encoder_attn.q_proj", f"{s}/attention/linear_0")
-                fused(f"{L}.encoder_attn", f"{s}/attention/linear_1", ("k", "v"))
-                linear(f"{L}.encoder_attn.out_proj", f"{s}/attention/linear_2")
-                norm(f"{L}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
-    for c in ("conv1", "conv2"):
-        linear(f"model.encoder.{c}", f"encoder/{c}")
-    sd["model.decoder.embed_tokens.weight"] = _weight(v, "decoder/embeddings/weight")
+    for kind, dst, src, parts in _mapping(_layers(v, "encoder"), _layers(v, "decoder")):
+        if kind == "tensor":
+            sd[dst] = _weight(v, src)
+        elif kind == "norm":
+            sd[f"{dst}.weight"], sd[f"{dst}.bias"] = v[f"{src}/gamma"].float(), v[f"{src}/beta"].float()
+        elif kind == "linear":
+            sd[f"{dst}.weight"] = _weight(v, f"{src}/weight")
+            if f"{src}/bias" in v:
+                sd[f"{dst}.bias"] = v[f"{src}/bias"].float()
+        else:                                                # fused rows -> q / k / v (k has no bias)
+            w, b = _weight(v, f"{src}/weight"), v.get(f"{src}/bias")
+            for k, n in enumerate(parts):
+                sd[f"{dst}.{n}_proj.weight"] = w[k * d:(k + 1) * d]
+                if n != "k":
+                    sd[f"{dst}.{n}_proj.bias"] = b[k * d:(k + 1) * d].float() if b is not None else torch.zeros(d)
     sd["proj_out.weight"] = sd["model.decoder.embed_tokens.weight"]
     return sd
 
@@ -228,43 +233,20 @@ def to_ctranslate2(model, folder) -> Path:
     """Write a transformers Whisper in CTranslate2's layout (float32; for round trips and tests)."""
     sd = {k: t.detach().float() for k, t in model.state_dict().items()}
     cfg = model.config
-    d = cfg.d_model
-    v: dict[str, torch.Tensor] = {}
-
-    def linear(src, dst):
-        v[f"{dst}/weight"] = sd[f"{src}.weight"]
-        if f"{src}.bias" in sd:
-            v[f"{dst}/bias"] = sd[f"{src}.bias"]
-
-    def norm(src, dst):
-        v[f"{dst}/gamma"], v[f"{dst}/beta"] = sd[f"{src}.weight"], sd[f"{src}.bias"]
-
-    def fused(src, dst, names):
-        v[f"{dst}/weight"] = torch.cat([sd[f"{src}.{n}_proj.weight"] for n in names])
-        v[f"{dst}/bias"] = torch.cat([sd.get(f"{src}.{n}_proj.bias", torch.zeros(d)) for n in names])
-
-    for side, n_layers, heads in (("encoder", cfg.encoder_layers, cfg.encoder_attention_heads),
-                                  ("decoder", cfg.decoder_layers, cfg.decoder_attention_heads)):
-        m = f"model.{side}"
-        v[f"{side}/position_encodings/encodings"] = sd[f"{m}.embed_positions.weight"]
-        v[f"{side}/num_heads"] = torch.tensor(heads, dtype=torch.int16)
-        norm(f"{m}.layer_norm", f"{side}/layer_norm")
-        for i in range(n_layers):
-            L, s = f"{m}.layers.{i}", f"{side}/layer_{i}"
-            fused(f"{L}.self_attn", f"{s}/self_attention/linear_0", ("q", "k", "v"))
-            linear(f"{L}.self_attn.out_proj", f"{s}/self_attention/linear_1")
-            norm(f"{L}.self_attn_layer_norm", f"{s}/self_attention/layer_norm")
-            linear(f"{L}.fc1", f"{s}/ffn/linear_0")
-            linear(f"{L}.fc2", f"{s}/ffn/linear_1")
-            norm(f"{L}.final_layer_norm", f"{s}/ffn/layer_norm")
-            if side == "decoder":
-                linear(f"{L}.encoder_attn.q_proj", f"{s}/attention/linear_0")
-                fused(f"{L}.encoder_attn", f"{s}/attention/linear_1", ("k", "v"))
-                linear(f"{L}.encoder_attn.out_proj", f"{s}/attention/linear_2")
-                norm(f"{L}.encoder_attn_layer_norm", f"{s}/attention/layer_norm")
-    for c in ("conv1", "conv2"):
-        linear(f"model.encoder.{c}", f"encoder/{c}")
-    v["decoder/embeddings/weight"] = sd["model.decoder.embed_tokens.weight"]
+    v: dict[str, torch.Tensor] = {"encoder/num_heads": torch.tensor(cfg.encoder_attention_heads, dtype=torch.int16),
+                                  "decoder/num_heads": torch.tensor(cfg.decoder_attention_heads, dtype=torch.int16)}
+    for kind, src, dst, parts in _mapping(cfg.encoder_layers, cfg.decoder_layers):
+        if kind == "tensor":
+            v[dst] = sd[src]
+        elif kind == "norm":
+            v[f"{dst}/gamma"], v[f"{dst}/beta"] = sd[f"{src}.weight"], sd[f"{src}.bias"]
+        elif kind == "linear":
+            v[f"{dst}/weight"] = sd[f"{src}.weight"]
+            if f"{src}.bias" in sd:
+                v[f"{dst}/bias"] = sd[f"{src}.bias"]
+        else:
+            v[f"{dst}/weight"] = torch.cat([sd[f"{src}.{n}_proj.weight"] for n in parts])
+            v[f"{dst}/bias"] = torch.cat([sd.get(f"{src}.{n}_proj.bias", torch.zeros(cfg.d_model)) for n in parts])
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_ctranslate2(folder / "model.bin", "WhisperSpec", 3, v, {"decoder/projection/weight": "decoder/embeddings/weight"})
