@@ -201,6 +201,8 @@ class AudioEncoder(nn.Module):
         if self.cfg.freeze_feature_encoder:
             for p in self.model.feature_extractor.parameters():
                 p.requires_grad = False
+        if self.cfg.frozen:                                  # nothing of the encoder trains (the CNN cache still applies)
+            self.model.requires_grad_(False)
         self.hidden_size = self.model.config.hidden_size
         self._cache: dict = {}
         self._cache_weights = None
