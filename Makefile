@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mtk-installed
 
-.PHONY: install test test-fast reproduce data strip clean browser
+.PHONY: install test test-fast reproduce reproduce-all data strip clean browser
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test-fast: $(STAMP)
 # DEVICE=cuda (or cpu, mps, cuda:1) trains the notebooks' models there; default auto: a CUDA GPU if torch sees one
 reproduce: $(STAMP)
 	$(PY) -m mtk reproduce $(if $(DEVICE),--device $(DEVICE))
+
+# every notebook, the sweeps (05 ablations, 08 speaker count) too: every committed figure
+reproduce-all: $(STAMP)
+	$(PY) -m mtk reproduce --all $(if $(DEVICE),--device $(DEVICE))
 
 data: $(STAMP)
 	$(PY) -m mtk data

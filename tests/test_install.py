@@ -186,3 +186,21 @@ def test_cli_has_a_command_version_and_help_everywhere(capsys):
         for a in sub._actions:
             if not isinstance(a, argparse._HelpAction):
                 assert a.help, f"mtk {name}: option {a.dest!r} has no help text"
+
+
+def test_reproduce_leaves_the_sweeps_to_all(monkeypatch, tmp_path):
+    """`mtk reproduce` runs every notebook but the sweeps (05, 08); --all runs those too; --only any."""
+    from mtk import __main__ as cli
+    import os
+    ran = []
+    monkeypatch.setenv("MTK_HOME", str(tmp_path))
+    for var in ("MTK_DEVICE", "MTK_SMOKE", "HF_HUB_OFFLINE", "MPLBACKEND"):    # reproduce sets them: restored after
+        monkeypatch.setenv(var, os.environ.get(var, ""))
+    monkeypatch.setattr(cli, "cmd_data", lambda args: None)
+    monkeypatch.setattr(cli, "run_notebook", lambda nb, out, timeout: ran.append(nb.name[:2]))
+    for argv, want in ((["reproduce"], ["01", "02", "03", "04", "06", "07"]),
+                       (["reproduce", "--all"], ["01", "02", "03", "04", "05", "06", "07", "08"]),
+                       (["reproduce", "--only", "08"], ["08"])):
+        ran.clear()
+        cli.main(argv + ["--device", "cpu"])
+        assert ran == want, argv
