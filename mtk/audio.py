@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from .configs import Config
+from .paths import runs_dir
 
 SAMPLE_RATE = 16000
 FPS = 30
@@ -271,8 +274,10 @@ class WhisperAudioEncoder(nn.Module):
     convolutions (the second with stride 2: 50 Hz), sinusoidal positions and the transformer layers. The first
     ceil(N / 320) outputs cover the clip; like the CNN features of `AudioEncoder`, they are linearly interpolated
     to the mesh frames. Frozen (`AudioConfig.frozen`): every clip's features are computed once and cached, keyed
-    by its samples and frame count (bit-identical to a recomputation). Not frozen: the transformer layers train,
-    the convolutions and positions stay fixed. Clips longer than 30 s are refused (Whisper's window)."""
+    by its samples and frame count (bit-identical to a recomputation), in memory and on disk under
+    runs/feature-cache/whisper-<hash of the encoder's weights>/, so every method and seed on the same clips shares
+    one computation (Whisper runs on 30 s of padded input per clip: about a second on 2 cores). Not frozen: the
+    transformer layers train, the convolutions and positions stay fixed. Clips longer than 30 s are refused."""
 
     CACHE_CLIPS = 8192
 
@@ -290,7 +295,22 @@ class WhisperAudioEncoder(nn.Module):
         for name, p in self.model.named_parameters():
             p.requires_grad = not cfg.frozen and name.startswith("layers.")
         self._cache: dict = {}
+        self._weights: tuple | None = None                          # which weights the caches were made with
+        self._disk: Path | None = None
         self.speedups = True
+
+    def _disk_cache(self) -> Path:
+        """The folder of this encoder's cached features: named by a hash of its weights (recomputed when a weight
+        was replaced or changed in place, e.g. by `load_state_dict`)."""
+        weights = tuple((p.data_ptr(), p._version) for p in self.model.parameters())
+        if weights != self._weights:
+            h = hashlib.sha1()
+            for k, v in sorted(self.model.state_dict().items()):
+                h.update(k.encode())
+                h.update(v.detach().cpu().contiguous().numpy().tobytes())
+            self._weights, self._disk = weights, runs_dir() / "feature-cache" / f"whisper-{h.hexdigest()[:16]}"
+            self._cache.clear()
+        return self._disk
 
     def set_speedups(self, on: bool) -> "WhisperAudioEncoder":
         self.speedups = on
@@ -303,15 +323,29 @@ class WhisperAudioEncoder(nn.Module):
         if n > 30 * SAMPLE_RATE:
             raise ValueError(f"Whisper encodes at most 30 s at once; this clip has {n / SAMPLE_RATE:.1f} s")
         cacheable = self.speedups and self.cfg.frozen
+        h = None
         if cacheable:
-            key = (hashlib.blake2b(wave.detach().cpu().numpy().tobytes(), digest_size=16).digest(), n, n_frames)
+            disk = self._disk_cache()
+            clip = hashlib.blake2b(wave.detach().cpu().numpy().tobytes(), digest_size=16).hexdigest()
+            key = (clip, n, n_frames)
             if key in self._cache:
                 return self._cache[key]
-        mel = self.mel(wave.detach().cpu().numpy().astype(np.float32), sampling_rate=SAMPLE_RATE, return_tensors="np")
-        x = torch.from_numpy(mel.input_features).to(wave.device)                        # (1, 80, 3000)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
-            h = self.model(x).last_hidden_state[0]                                      # (1500, d) at 50 Hz
-        h = h[:max(1, -(-n // 320))]                                                    # the clip's outputs
+            file = disk / f"{clip}-{n}.npy"
+            if file.exists():
+                h = torch.from_numpy(np.load(file)).to(wave.device)                      # (n_out, d) at 50 Hz
+        if h is None:
+            mel = self.mel(wave.detach().cpu().numpy().astype(np.float32), sampling_rate=SAMPLE_RATE,
+                           return_tensors="np")
+            x = torch.from_numpy(mel.input_features).to(wave.device)                    # (1, 80, 3000)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cfg.frozen):
+                h = self.model(x).last_hidden_state[0]                                  # (1500, d) at 50 Hz
+            h = h[:max(1, -(-n // 320))]                                                # the clip's outputs
+            if cacheable:
+                disk.mkdir(parents=True, exist_ok=True)
+                tmp = file.with_suffix(f".{os.getpid()}.tmp")
+                with open(tmp, "wb") as fh:
+                    np.save(fh, h.detach().cpu().numpy())
+                os.replace(tmp, file)
         f = F.interpolate(h.T[None], size=n_frames, mode="linear", align_corners=True)[0].T     # (n_frames, d)
         if cacheable:
             if len(self._cache) >= self.CACHE_CLIPS:

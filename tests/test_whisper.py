@@ -114,6 +114,11 @@ def test_whisper_tiny_en_as_the_speech_encoder_frozen_and_cached(smoke_ds, tmp_p
     enc = trained.audio_encoder
     wave = torch.as_tensor(smoke_ds.sequences("test")[0].audio())
     assert enc.clip_features(wave, 40) is enc.clip_features(wave, 40)            # cached, not recomputed
+    from mtk.audio import WhisperAudioEncoder as W
+    fresh = W(AudioConfig.whisper_tiny_en())                                      # another model, the same weights
+    files = list(enc._disk_cache().glob("*.npy"))
+    assert files and fresh._disk_cache() == enc._disk_cache()                    # shares the disk cache
+    torch.testing.assert_close(fresh.clip_features(wave, 40), enc.clip_features(wave, 40), rtol=0, atol=0)
     trained.save_pretrained(tmp_path / "m")
     again = MemoryTalker.from_pretrained(tmp_path / "m")
     a = smoke_ds.sequences("test")[0].audio()
