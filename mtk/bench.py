@@ -8,6 +8,7 @@ one function and one dict entry.
     python -m mtk.bench inference          # frames per second and real-time factor on a 10 s clip, per method
     python -m mtk.bench train              # training steps/s per method and stage, speed-ups on vs off
     python -m mtk.bench profile memorytalker 1   # where one training epoch spends its time
+    python -m mtk.bench paper              # seconds per step of the paper recipe (HuBERT-base) on a CPU
 """
 
 from __future__ import annotations
@@ -309,11 +310,66 @@ def bench_profile(argv: Sequence[str] = ()) -> int:
     return run(argv)
 
 
+def bench_paper(argv: Sequence[str] = ()) -> int:
+    """Seconds per training step of the `paper` MemoryTalker (HuBERT-base, batch 1) on a FLAME-sized mesh and a
+    VOCASET-length clip (4.3 s), stage 1 and stage 2, with random weights (speed does not depend on them), and
+    what that makes an epoch of VOCASET's 314 training clips and the released 100 + 100 epochs."""
+    import torch
+    from dataclasses import replace
+
+    from mtk.audio import AudioConfig
+    from mtk.data import FaceDataset, Sequence as Clip, collate
+    from mtk.model import MemoryTalker, ModelConfig
+    from mtk.synthvoca.template import Template
+    from mtk.train import TrainConfig, trainable_only
+    p = argparse.ArgumentParser(prog="python -m mtk.bench paper", description=bench_paper.__doc__)
+    p.add_argument("--steps", type=int, default=3, help="timed steps per stage, after one warm-up step")
+    p.add_argument("--seconds", type=float, default=4.3, help="clip length (VOCASET's mean: 4.3 s)")
+    args = p.parse_args(argv)
+    rng = np.random.default_rng(0)
+    verts = _face_template(rng).astype(np.float32)
+    masks = _face_masks(verts)
+    template = Template("bench-flame", verts, np.zeros((0, 3), np.int32), masks, {})
+    T = int(args.seconds * FPS)
+    motion = (verts[None] + 1e-3 * rng.standard_normal((T, N_VERTICES, 3))).astype(np.float32)
+    audio = (0.1 * rng.standard_normal(int(args.seconds * 16000))).astype(np.float32)
+    clip = Clip("bench", "S0", 1, "train", 0, template, lambda: audio, lambda: motion)
+    batch = collate([FaceDataset([clip], 8)[0]])
+    torch.manual_seed(0)
+    cfg = ModelConfig.paper(N_VERTICES * 3, audio=replace(AudioConfig.paper(), pretrained=None))
+    model = MemoryTalker(cfg, masks["lips"], template=template).train()
+    print(f"paper MemoryTalker: {sum(q.numel() for q in model.parameters()) / 1e6:.1f} M parameters, "
+          f"{N_VERTICES} vertices, a {args.seconds} s clip ({T} frames), batch 1, {torch.get_num_threads()} threads")
+    per_step = {}
+    for stage in (1, 2):
+        tc = TrainConfig.paper(stage)
+        params = model.stage_parameters(stage)
+        opt = torch.optim.Adam(params, lr=tc.lr)
+        times = []
+        with trainable_only(model, params):                        # as `train.fit`: only this stage's weights
+            for i in range(args.steps + 1):
+                t = time.perf_counter()
+                out = model(dict(batch, in_batch_triplets=False), stage=stage)
+                opt.zero_grad(set_to_none=True)
+                out["loss"].backward()
+                opt.step()
+                if i:
+                    times.append(time.perf_counter() - t)
+        per_step[stage] = float(np.median(times))
+        print(f"stage {stage}: {per_step[stage]:.2f} s per step (median of {args.steps})")
+    epoch = {k: v * 314 for k, v in per_step.items()}
+    total = 100 * (epoch[1] + epoch[2])
+    print(f"one VOCASET epoch (314 clips): stage 1 {epoch[1] / 60:.0f} min, stage 2 {epoch[2] / 60:.0f} min; "
+          f"100 + 100 epochs: {total / 3600:.0f} h on this machine")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "metrics": bench_metrics,
     "inference": bench_inference,
     "train": bench_train,
     "profile": bench_profile,
+    "paper": bench_paper,
 }
 
 
