@@ -140,6 +140,14 @@ def train_config(preset: str, stage: int, epochs: int, **kw) -> TrainConfig:
                        triplets=kw.pop("triplets", "in_batch"), **kw)
 
 
+def _set_encoder(name: str, model_kw: dict, pretrained: str, base) -> None:
+    """model_kw["audio"] = the preset's encoder settings (`base()`) with weights from `pretrained`; refuses
+    both `pretrained` and `audio` at once."""
+    if "audio" in model_kw:
+        raise ValueError(f"{name}: pass either pretrained= or audio=, not both")
+    model_kw["audio"] = pretrained_encoder(pretrained, base())
+
+
 def method_recipe(name: str, preset: str, dataset, presets: dict, model_class, progress: bool = True,
                   stages: list[TrainConfig] | None = None, trainer=None, pretrained: str | None = None,
                   **model_kw) -> Recipe:
@@ -152,10 +160,8 @@ def method_recipe(name: str, preset: str, dataset, presets: dict, model_class, p
     if preset not in presets:
         raise ValueError(f"unknown preset {preset!r} for {name}; expected one of {sorted(presets)}")
     if pretrained is not None:
-        if "audio" in model_kw:
-            raise ValueError(f"{name}: pass either pretrained= or audio=, not both")
-        base = presets[preset](dataset.template.V * 3).audio if preset == "paper" else AudioConfig.default()
-        model_kw["audio"] = pretrained_encoder(pretrained, base)
+        _set_encoder(name, model_kw, pretrained, lambda: presets[preset](dataset.template.V * 3).audio
+                     if preset == "paper" else AudioConfig.default())
     check_dataset(dataset, preset if "audio" not in model_kw else "paper")
     if preset != "paper" and "audio" not in model_kw:
         model_kw["audio"] = pretrained_audio(preset, dataset, progress)
@@ -200,9 +206,8 @@ def memorytalker(preset: str, dataset, progress: bool = True, epochs: int | None
     if preset not in ("smoke", "default", "paper"):
         raise ValueError(f"unknown preset {preset!r}; expected 'smoke', 'default' or 'paper'")
     if pretrained is not None:
-        if "audio" in model_kw:
-            raise ValueError("memorytalker: pass either pretrained= or audio=, not both")
-        model_kw["audio"] = pretrained_encoder(pretrained, AudioConfig.paper() if preset == "paper" else AudioConfig.default())
+        _set_encoder("memorytalker", model_kw, pretrained,
+                     lambda: AudioConfig.paper() if preset == "paper" else AudioConfig.default())
     check_dataset(dataset, preset if "audio" not in model_kw else "paper")
     V3 = dataset.template.V * 3
     if preset in ("smoke", "default") and "audio" not in model_kw:
