@@ -50,14 +50,14 @@ FIXED_CONDITION = 2
 
 METHODS = {
     # name: (how style is handled, how to build the recipe)
-    "MemoryTalker": ("audio-guided stylization", lambda p, d: recipes.memorytalker(p, d)),
-    "FaceFormer": ("one-hot ID", lambda p, d: _baseline("faceformer", p, d)),
-    "CodeTalker": ("one-hot ID", lambda p, d: _baseline("codetalker", p, d)),
-    "SelfTalk": ("none", lambda p, d: _baseline("selftalk", p, d)),
-    "Imitator": ("reference meshes (test-time adaptation)", lambda p, d: _baseline("imitator", p, d)),
-    "ScanTalk": ("none (topology-agnostic)", lambda p, d: _baseline("scantalk", p, d)),
-    "UniTalker": ("identity embedding, pivot for unseen", lambda p, d: _baseline("unitalker", p, d)),
-    "MemoryTalker w/o memory": ("none (ablation)", lambda p, d: _variant("no_memory", p, d)),
+    "MemoryTalker": ("audio-guided stylization", lambda p, d, **kw: recipes.memorytalker(p, d, **kw)),
+    "FaceFormer": ("one-hot ID", lambda p, d, **kw: _baseline("faceformer", p, d, **kw)),
+    "CodeTalker": ("one-hot ID", lambda p, d, **kw: _baseline("codetalker", p, d, **kw)),
+    "SelfTalk": ("none", lambda p, d, **kw: _baseline("selftalk", p, d, **kw)),
+    "Imitator": ("reference meshes (test-time adaptation)", lambda p, d, **kw: _baseline("imitator", p, d, **kw)),
+    "ScanTalk": ("none (topology-agnostic)", lambda p, d, **kw: _baseline("scantalk", p, d, **kw)),
+    "UniTalker": ("identity embedding, pivot for unseen", lambda p, d, **kw: _baseline("unitalker", p, d, **kw)),
+    "MemoryTalker w/o memory": ("none (ablation)", lambda p, d, **kw: _variant("no_memory", p, d, **kw)),
 }
 ONE_HOT = {"FaceFormer", "CodeTalker"}
 SEEDED = {"MemoryTalker", "MemoryTalker w/o memory"}      # trained with `run(seeds=...)` seeds
@@ -70,14 +70,14 @@ CEILING_ROWS = {
 }
 
 
-def _baseline(name, preset, dataset):
+def _baseline(name, preset, dataset, **kw):
     from .baselines import recipe
-    return recipe(name, preset, dataset)
+    return recipe(name, preset, dataset, **kw)
 
 
-def _variant(name, preset, dataset):
+def _variant(name, preset, dataset, **kw):
     from . import variants
-    return getattr(variants, name)(preset, dataset)
+    return getattr(variants, name)(preset, dataset, **kw)
 
 
 @dataclass
@@ -123,19 +123,25 @@ def seeded(recipe, seed: int):
 
 
 def run(preset: str, dataset, methods=None, progress: bool = True, seeds: int = 1,
-        ceiling: bool = False) -> list[MethodResult]:
+        ceiling: bool = False, audio=None) -> list[MethodResult]:
     """Train (or load) and evaluate every method; returns one MethodResult each, in METHODS order.
 
     seeds: how many seeds the `SEEDED` methods are trained with (the others: one). MemoryTalker also gives
     its stage-1 row (`STAGE1_ROW`). ceiling: add the `CEILING_ROWS` (`mtk.ceiling`, fitted on each seed's
-    stage-1 model; SynthVOCA or any dataset with reference sentences)."""
+    stage-1 model; SynthVOCA or any dataset with reference sentences). audio: one speech encoder for every
+    method (an `AudioConfig`, e.g. `AudioConfig.whisper_tiny_en()`) instead of the preset's; the methods'
+    other settings and budgets are unchanged, so the table compares encoders at the same budget."""
     if seeds < 1:
         raise ValueError(f"seeds = {seeds}: expected at least 1")
+    unknown = [m for m in (methods or ()) if m not in METHODS]
+    if unknown:
+        raise KeyError(f"unknown method(s) {unknown}; available: {list(METHODS)}")
+    kw = {} if audio is None else {"audio": audio}
     out = []
     for name in methods or METHODS:
         style, make = METHODS[name]
         t0 = time.time()
-        recipe = make(preset, dataset)
+        recipe = make(preset, dataset, **kw)
         if name in SEEDED:
             out += _run_seeded(name, style, recipe, preset, dataset, seeds, ceiling, progress)
             if progress:

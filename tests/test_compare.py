@@ -97,3 +97,17 @@ def test_verdicts_on_constructed_differences():
     assert compare.verdict(0.5, 0.2) == "not held"
     assert compare.verdict(0.1, 0.2) == "not resolved"
     assert compare.verdict(-0.5, float("nan")) == "not resolved"           # no spread: nothing is resolved
+
+
+def test_one_encoder_for_every_method(smoke_ds):
+    """`compare.run(audio=...)`: every method's recipe gets the same encoder (here a distinctive copy of the kit's
+    smoke encoder, so nothing is downloaded or trained); an unknown method name stops before any training."""
+    from dataclasses import replace
+    from mtk.audio import AudioConfig
+    enc = replace(AudioConfig.smoke(), hidden_size=48, dropout=0.0)
+    for name, (_, make) in compare.METHODS.items():
+        r = make("smoke", smoke_ds, audio=enc)
+        assert r.model.audio == enc, name
+        assert make("smoke", smoke_ds).model.audio != enc, name
+    with pytest.raises(KeyError, match="MemoryTalkr"):
+        compare.run("smoke", smoke_ds, methods=["MemoryTalkr"], audio=enc, progress=False)
