@@ -386,3 +386,31 @@ def to_csv(rows: list[dict], path) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def encoder_rows(base: list[dict], other: list[dict], metrics=("fve", "lve")) -> list[dict]:
+    """Two tables of the same methods on two speech encoders (`run(audio=...)`), method by method: each metric
+    on both, other minus base, and the verdict of "the other encoder is lower" against two standard deviations
+    (the larger of the two rows' seed std; a one-seed row borrows the larger of MemoryTalker's, as `claims`
+    does). Rows present in only one table are skipped."""
+    def std(rows, name, k):
+        r = next(r for r in rows if r["method"] == name)
+        s = r.get(f"{k}_std", float("nan"))
+        if np.isfinite(s):
+            return s
+        mt = next((r for r in rows if r["method"] == "MemoryTalker"), {})
+        return mt.get(f"{k}_std", float("nan"))
+    names = [r["method"] for r in other]
+    out = []
+    for b in base:
+        if b["method"] not in names:
+            continue
+        o = next(r for r in other if r["method"] == b["method"])
+        row = {"method": b["method"], "seeds": min(b.get("seeds", 1), o.get("seeds", 1))}
+        for k in metrics:
+            spread = 2 * max(std(base, b["method"], k), std(other, b["method"], k))
+            d = o[k] - b[k]
+            row.update({f"{k}_base": b[k], f"{k}_other": o[k], f"{k}_diff": d, f"{k}_spread": spread,
+                        f"{k}_verdict": verdict(d, spread)})
+        out.append(row)
+    return out

@@ -111,3 +111,20 @@ def test_one_encoder_for_every_method(smoke_ds):
         assert make("smoke", smoke_ds).model.audio != enc, name
     with pytest.raises(KeyError, match="MemoryTalkr"):
         compare.run("smoke", smoke_ds, methods=["MemoryTalkr"], audio=enc, progress=False)
+
+
+def test_encoder_rows_read_differences_against_the_seed_spread():
+    base = [{"method": "MemoryTalker", "fve": 1.0, "fve_std": 0.05, "seeds": 3},
+            {"method": "SelfTalk", "fve": 1.2, "fve_std": float("nan"), "seeds": 1},
+            {"method": "only here", "fve": 9.0, "fve_std": float("nan"), "seeds": 1}]
+    other = [{"method": "MemoryTalker", "fve": 0.8, "fve_std": 0.02, "seeds": 3},
+             {"method": "SelfTalk", "fve": 1.25, "fve_std": float("nan"), "seeds": 1}]
+    rows = compare.encoder_rows(base, other, metrics=("fve",))
+    assert [r["method"] for r in rows] == ["MemoryTalker", "SelfTalk"]
+    mt, st = rows
+    assert mt["fve_diff"] == pytest.approx(-0.2) and mt["fve_spread"] == pytest.approx(0.1)
+    assert mt["fve_verdict"] == "held"
+    assert st["fve_spread"] == pytest.approx(0.1)                 # MemoryTalker's larger std as the yardstick
+    assert st["fve_verdict"] == "not resolved"                    # +0.05 within 0.1
+    other[1]["fve"] = 1.4
+    assert compare.encoder_rows(base, other, metrics=("fve",))[1]["fve_verdict"] == "not held"
