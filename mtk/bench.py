@@ -9,6 +9,7 @@ one function and one dict entry.
     python -m mtk.bench train              # training steps/s per method and stage, speed-ups on vs off
     python -m mtk.bench profile memorytalker 1   # where one training epoch spends its time
     python -m mtk.bench paper              # seconds per step of the paper recipe (HuBERT-base) on a CPU
+    python -m mtk.bench whisper            # a stage-1 epoch on Whisper tiny.en, frozen vs fine-tuned
 """
 
 from __future__ import annotations
@@ -305,6 +306,11 @@ def bench_train(argv: Sequence[str] = ()) -> int:
     return run(argv)
 
 
+def bench_whisper(argv: Sequence[str] = ()) -> int:
+    from .bench_train import bench_whisper as run
+    return run(argv)
+
+
 def bench_profile(argv: Sequence[str] = ()) -> int:
     from .bench_train import bench_profile as run
     return run(argv)
@@ -374,6 +380,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": bench_train,
     "profile": bench_profile,
     "paper": bench_paper,
+    "whisper": bench_whisper,
 }
 
 

@@ -64,14 +64,15 @@ def _audio(preset: str):
     return AudioConfig.smoke() if preset == "smoke" else AudioConfig.default()
 
 
-def _recipe(method: str, dataset, preset: str = "default"):
-    """The preset's recipe, with the preset's encoder architecture at random weights (CNN frozen)."""
+def _recipe(method: str, dataset, preset: str = "default", audio=None):
+    """The preset's recipe, with the preset's encoder architecture at random weights (CNN frozen), or `audio`."""
+    audio = audio or _audio(preset)
     if method == "memorytalker":
         from . import recipes
-        return recipes.memorytalker(preset, dataset, progress=False, audio=_audio(preset))
+        return recipes.memorytalker(preset, dataset, progress=False, audio=audio)
     import importlib
     from .baselines import METHODS as BASELINES
-    return importlib.import_module(BASELINES[method]).recipe(preset, dataset, progress=False, audio=_audio(preset))
+    return importlib.import_module(BASELINES[method]).recipe(preset, dataset, progress=False, audio=audio)
 
 
 def stages(method: str, dataset, preset: str = "default") -> list[int]:
@@ -82,8 +83,9 @@ def stages(method: str, dataset, preset: str = "default") -> list[int]:
 
 
 def time_epochs(method: str, stage: int, dataset, on: bool, epochs: int = 2, preset: str = "default",
-                bucket: bool = False) -> dict:
-    """Train `method`'s `stage` for `epochs` epochs on `dataset` with the speed-ups on or off.
+                bucket: bool = False, audio=None) -> dict:
+    """Train `method`'s `stage` for `epochs` epochs on `dataset` with the speed-ups on or off (and the encoder
+    `audio`, default the preset's architecture at random weights).
     -> {"seconds": [per epoch], "batches": per epoch, "clips": per epoch}."""
     from . import recipes
     from .audio import pretrain_on_phonemes
@@ -95,7 +97,7 @@ def time_epochs(method: str, stage: int, dataset, on: bool, epochs: int = 2, pre
                                        progress=False, speedups=on, bucket=on and bucket)
             hist = json.loads((out / "pretrain.json").read_text())["history"]
             return {"seconds": [h["seconds"] for h in hist], "batches": -(-len(train) // 8), "clips": len(train)}
-        recipe = _recipe(method, dataset, preset)
+        recipe = _recipe(method, dataset, preset, audio)
         cfg = replace(recipe.stage1 if stage == 1 else recipe.stage2, epochs=epochs, bucket=on and bucket)
         model = recipes.build(recipe, dataset)
         set_speedups(model, on)
@@ -146,6 +148,35 @@ def bench_train(argv: Seq[str] = ()) -> int:
                   f"   (first epoch {r['off']['seconds'][0]:.1f} s -> {r['on']['seconds'][0]:.1f} s)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+def bench_whisper(argv: Seq[str] = ()) -> int:
+    """MemoryTalker's stage-1 epoch on Whisper tiny.en frozen (features cached) and fine-tuned (transformer
+    layers trained, 30 s of padded input per clip), beside the kit's encoder; and what the default preset's
+    whole stage 1 would take at that rate."""
+    p = argparse.ArgumentParser(prog="python -m mtk.bench whisper", description=bench_whisper.__doc__)
+    p.add_argument("--per-speaker", type=int, default=2, help="training clips per speaker (default 2)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per run; the last is timed (default 2)")
+    args = p.parse_args(list(argv))
+    from . import recipes
+    from .audio import AudioConfig
+    from .data import load_dataset
+    full = load_dataset("default", progress=False)
+    dataset = Subset(full, args.per_speaker)
+    n_full, n = len(full.sequences("train")), len(dataset.sequences("train"))
+    epochs_full = recipes.memorytalker("default", full, pretrain=False).stage1.epochs
+    print(f"MemoryTalker stage 1, default preset, {n} training clips, {args.epochs} epochs per run, torch threads "
+          f"{torch.get_num_threads()}; the last epoch is timed; the estimate scales it to {n_full} clips x "
+          f"{epochs_full} epochs")
+    print(f"{'encoder':34s} {'s / epoch':>10s} {'s / clip':>9s} {'stage 1, default (min)':>23s}")
+    for name, audio in (("kit's encoder (CNN frozen)", _audio("default")),
+                        ("Whisper tiny.en, frozen", AudioConfig.whisper_tiny_en()),
+                        ("Whisper tiny.en, fine-tuned", AudioConfig.whisper_tiny_en(frozen=False))):
+        r = time_epochs("memorytalker", 1, dataset, True, args.epochs, audio=audio)
+        per_clip = r["seconds"][-1] / r["clips"]
+        print(f"{name:34s} {r['seconds'][-1]:10.1f} {per_clip:9.2f} {per_clip * n_full * epochs_full / 60:23.0f}",
+              flush=True)
     return 0
 
 

@@ -189,7 +189,7 @@ def test_cli_has_a_command_version_and_help_everywhere(capsys):
 
 
 def test_reproduce_leaves_the_sweeps_to_all(monkeypatch, tmp_path):
-    """`mtk reproduce` runs every notebook but the sweeps (05, 08); --all runs those too; --only any."""
+    """`mtk reproduce` runs every notebook but the long ones (05, 08, 09); --all runs those too; --only any."""
     from mtk import __main__ as cli
     import os
     ran = []
@@ -199,7 +199,7 @@ def test_reproduce_leaves_the_sweeps_to_all(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "cmd_data", lambda args: None)
     monkeypatch.setattr(cli, "run_notebook", lambda nb, out, timeout: ran.append(nb.name[:2]))
     for argv, want in ((["reproduce"], ["01", "02", "03", "04", "06", "07"]),
-                       (["reproduce", "--all"], ["01", "02", "03", "04", "05", "06", "07", "08"]),
+                       (["reproduce", "--all"], ["01", "02", "03", "04", "05", "06", "07", "08", "09"]),
                        (["reproduce", "--only", "08"], ["08"])):
         ran.clear()
         cli.main(argv + ["--device", "cpu"])
