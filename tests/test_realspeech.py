@@ -22,11 +22,12 @@ def _animation(template, gap_m: np.ndarray) -> np.ndarray:
 def test_checks_on_an_animation_with_known_answers(smoke_ds):
     tpl = smoke_ds.sequences("train")[0].template
     neutral = (tpl.vertices[tpl.landmarks["upper_lip_mid"], 1] - tpl.vertices[tpl.landmarks["lower_lip_mid"], 1]) * 1e3
-    # 1 s: pause 0-0.2 s, vowel 0.2-0.5, /m/ 0.5-0.6, vowel 0.6-0.9, pause 0.9-1.0
+    # 1 s: pause 0-0.2 s, vowel 0.2-0.5, /m/ 0.5-0.6 (frames 15-17), vowel 0.6-0.9, pause 0.9-1.0
     phones = [(0.0, 0.2, "pau"), (0.2, 0.5, "aa"), (0.5, 0.6, "m"), (0.6, 0.9, "aa"), (0.9, 1.0, "pau")]
     t = np.arange(FPS) / FPS
     gap = np.where((t >= 0.2) & (t < 0.5) | (t >= 0.6) & (t < 0.9), 0.012, 0.002)     # 12 mm vowels, 2 mm rest
-    gap[(t >= 0.5) & (t < 0.6)] = 0.0                                                   # the closure
+    gap[(t >= 0.5) & (t < 0.6)] = 0.003                                                 # the /m/: closing ...
+    gap[16] = 0.0                                                                       # ... shut at one frame only
     sr = 16000
     amp = np.repeat(gap, sr // FPS + 1)[:sr]                                            # loudness follows the gap
     audio = amp * np.sin(2 * np.pi * 200 * np.arange(sr) / sr)
@@ -38,7 +39,7 @@ def test_checks_on_an_animation_with_known_answers(smoke_ds):
     assert c["pause_frames"] == int(((t < 0.2) | (t >= 0.9)).sum())
     # a mouth that stays open on the /m/ and opens in the pauses is seen as such
     bad = realspeech.mouth_checks(_animation(tpl, 0.012 - gap), tpl, audio, sr, phones)
-    assert bad["bilabial_gap_mm"] == pytest.approx(neutral + 12.0, abs=1e-4) and bad["energy_corr"] < -0.99
+    assert bad["bilabial_gap_mm"] == pytest.approx(neutral + 9.0, abs=1e-4) and bad["energy_corr"] < -0.99
     # espeak-ng's stress marks and pause symbols are read too; nothing to measure gives NaN, not an error
     es = realspeech.mouth_checks(_animation(tpl, gap), tpl, audio, sr, [(0.0, 0.5, "_:"), (0.5, 1.0, "'a")])
     assert es["pause_frames"] == 15 and es["bilabials"] == 0 and np.isnan(es["bilabial_gap_mm"])
