@@ -31,14 +31,18 @@ def test_monte_carlo_correction_removes_the_few_draws_bias(smoke_ds):
 
 
 def test_bounds_are_ordered_and_in_paper_units(smoke_ds):
+    """Knowing the true style beats any guess for every speaker (the floor is the noise alone). Knowing only
+    the audible factors beats knowing nothing on average over speakers, not for each one: a speaker whose
+    silent factors pull against what their voice says is predicted worse from the voice than from the prior
+    (on the version-2 smoke data, S05: audible 1.15 against style-blind 0.79 with 64 draws)."""
     rows = bounds.bounds(smoke_ds, "test", n_draws=16)
     speakers = {r["speaker"] for r in rows}
     assert speakers == {s.subject for s in smoke_ds.sequences("test")} | {"all"}
     for spk in speakers:
         fve = {r["bound"]: r["fve"] for r in rows if r["speaker"] == spk}
-        assert 0 < fve["floor"] < fve["audible"] <= fve["style_blind"] * 1.05, (spk, fve)
+        assert 0 < fve["floor"] < min(fve["audible"], fve["style_blind"]), (spk, fve)
     overall = {r["bound"]: r for r in rows if r["speaker"] == "all"}
-    assert overall["floor"]["fve"] < overall["style_blind"]["fve"]
+    assert overall["floor"]["fve"] < overall["audible"]["fve"] < overall["style_blind"]["fve"]
     assert 0.01 < overall["style_blind"]["fve"] < 100       # x1e-6 m^2: a plausible size, not raw metres
 
 

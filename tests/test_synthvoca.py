@@ -136,7 +136,7 @@ def test_export_to_vocaset_layout_reads_back_identically(smoke_ds, tmp_path):
     assert batch["vertices"].shape[2] == smoke_ds.template.V * 3
 
 
-GOLDEN = Path(__file__).parent / "golden" / "synthvoca-v1-smoke.json"
+GOLDEN = Path(__file__).parent / "golden"
 
 
 def fingerprint(root) -> dict:
@@ -156,18 +156,33 @@ def fingerprint(root) -> dict:
     return {"clips": clips, "style": sp["style"].astype(np.float64).ravel().tolist()}
 
 
-def test_version_1_data_never_changes(smoke_ds):
-    """A dataset's key names its content (config + generator version), not the generator's code, so version 1
-    must keep generating what it generated when it was frozen (tests/golden/, recorded from the generator
-    the kit's figures and shipped model were made with). A change that fails this belongs in a new version."""
-    assert smoke_ds.meta["config"]["version"] == 1
-    now, then = fingerprint(smoke_ds.root), json.loads(GOLDEN.read_text())
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_pinned_versions_data_never_change(version, smoke_ds, tmp_path):
+    """A dataset's key names its content (config + generator version), not the generator's code, so a pinned
+    version must keep generating what it generated when it was pinned (tests/golden/, recorded from the
+    generator the kit's figures and shipped models were made with). A change that fails this belongs in a new
+    version."""
+    if smoke_ds.meta["config"]["version"] == version:
+        root = smoke_ds.root
+    else:
+        root = generate(SynthConfig.smoke(version=version), root=tmp_path / f"v{version}", progress=False)
+    assert json.loads((Path(root) / "meta.json").read_text())["config"]["version"] == version
+    now, then = fingerprint(root), json.loads((GOLDEN / f"synthvoca-v{version}-smoke.json").read_text())
     assert now["clips"].keys() == then["clips"].keys()
     for name, c in then["clips"].items():
         n = now["clips"][name]
         assert (n["frames_60fps"], n["text"], n["phonemes"]) == (c["frames_60fps"], c["text"], c["phonemes"]), name
         np.testing.assert_allclose(n["floats"], c["floats"], rtol=1e-5, atol=1e-6, err_msg=name)
     np.testing.assert_allclose(now["style"], then["style"], rtol=1e-6, atol=1e-9)
+
+
+def test_every_version_is_pinned_and_the_default_is_the_newest():
+    from mtk.synthvoca.generator import GENERATOR_VERSIONS
+    assert sorted(GENERATOR_VERSIONS) == [1, 2]
+    assert all((GOLDEN / f"synthvoca-v{v}-smoke.json").exists() for v in GENERATOR_VERSIONS)
+    assert SynthConfig().version == SynthConfig.smoke().version == SynthConfig.many().version == 2
+    # version 2 was pinned at its draft's revision 2: the keys that revision's data were written under stay valid
+    assert SynthConfig.default().key() == "26c73976" and SynthConfig.smoke().key() == "fd585b68"
 
 
 def test_unknown_generator_version_is_refused():
@@ -277,7 +292,7 @@ def test_many_protocol_has_many_speakers_few_sentences_and_vocasets_test_protoco
     assert len(n["train"]) >= 64 and len(n["test"]) >= 12 and set(n["test"]) == {40}
     assert 0.8 <= sum(n["train"]) / (default.n_train * default.sentences_per_speaker) <= 1.25
     assert len({speaker_number(s.name) for s in spk}) == len(spk)          # S101 is not S01 (clip seeds differ)
-    assert default.key() == "2996f705" and SynthConfig.smoke().key() == "20e91f92"   # a new field kept old keys
+    assert SynthConfig.default(version=1).key() == "2996f705" and SynthConfig.smoke(version=1).key() == "20e91f92"   # a new field kept old keys
     from mtk.baselines.unitalker import second_dataset_config
     assert "train_sentences" not in default.fields() and "train_sentences" not in second_dataset_config("default")
     assert many.fields()["train_sentences"] == 4                            # ... and a recipe naming a dataset too
@@ -348,12 +363,12 @@ def test_version_2_effort_opens_open_vowels_most_and_sibilants_least():
 
 def test_every_style_factor_is_labelled_timing_or_amplitude_and_a_drafts_key_names_its_revision(smoke_ds, monkeypatch):
     """Eq. 14 can express amplitude only, so the data say which factors are which; and a folder written by an
-    older draft of a version is never taken for the current draft's (the revision is in the key)."""
+    older draft of a version was never taken for a newer draft's (the revision is in the key)."""
     from mtk.synthvoca import STYLE_FACTORS, STYLE_KINDS
     from mtk.synthvoca import generator
     assert set(STYLE_KINDS) == set(STYLE_FACTORS) and set(STYLE_KINDS.values()) <= {"amplitude", "timing", "timing and amplitude"}
     assert smoke_ds.meta["style_kinds"] == STYLE_KINDS
-    v1, v2 = SynthConfig.smoke(), SynthConfig.smoke(version=2)
+    v1, v2 = SynthConfig.smoke(version=1), SynthConfig.smoke(version=2)
     before = v2.key()
-    monkeypatch.setitem(generator.DRAFT_REVISION, 2, generator.DRAFT_REVISION[2] + 1)
-    assert v2.key() != before and v1.key() == SynthConfig.smoke().key() == "20e91f92"
+    monkeypatch.setitem(generator.KEY_REVISION, 2, generator.KEY_REVISION[2] + 1)
+    assert v2.key() != before and v1.key() == SynthConfig.smoke(version=1).key() == "20e91f92"

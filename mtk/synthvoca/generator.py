@@ -71,13 +71,17 @@ from .template import IDENTITY_SHAPES, Template
 
 FORMAT_VERSION = 1         # the layout on disk (data.SynthVOCA reads it)
 GENERATOR_VERSIONS = {
-    1: "the kit's first SynthVOCA (jaw-dominated motion; documented in notebook 01)",
-    2: "DRAFT, may still change (not pinned by a fingerprint yet): lips that meet and stop (never cross), "
-       "close on bilabials and at rest; vocal effort opens the jaw per viseme group; docs/synthvoca-v2.md",
+    1: "the kit's first SynthVOCA (jaw-dominated motion, lips that cross and rest apart; notebook 01, section 7)",
+    2: "the default: lips that meet and stop (never cross), close on bilabials and at rest; vocal effort opens the "
+       "jaw per viseme group (docs/synthvoca-v2.md)",
 }
-# A draft's design may still change: its revision is part of the data key (bumped with every change to what it
-# generates), so a folder an older draft wrote is never taken for the current one. Pinned versions have none.
-DRAFT_REVISION = {2: 2}     # version 2: 1 lip contact, 2 vocal effort per viseme group
+DEFAULT_VERSION = 2
+# A version is pinned by a fingerprint of its smoke data (tests/golden/synthvoca-v<N>-smoke.json): from then on
+# what it generates never changes. Before that, while it was a draft, each change to what it generated bumped a
+# revision that is part of the data key, so a folder an older draft wrote was never read as the newer one's.
+# Version 2 was pinned at its revision 2 (1: lip contact, 2: vocal effort per viseme group) and keeps it in its
+# key, so data that revision wrote stay valid.
+KEY_REVISION = {2: 2}
 STYLE_FACTORS = ("effort", "rate", "round", "open_idio", "spread", "stiffness", "lead", "rest", "asym", "brow")
 AUDIBLE_FACTORS = ("effort", "rate", "round")
 # What each factor changes: how far articulators move ("amplitude": Eq. 14's re-weighting of the memory's
@@ -105,7 +109,7 @@ class SynthConfig:
     resolution: str = "default"       # procedural template resolution
     max_words: int = 99               # only sentences with at most this many words (smoke: short clips)
     noise: float = 1.0                # scale of the natural motion noise
-    version: int = 1                  # the generator's design (`GENERATOR_VERSIONS`): a version's data never changes
+    version: int = DEFAULT_VERSION    # the generator's design (`GENERATOR_VERSIONS`): a version's data never changes
     train_sentences: int | tuple[int, ...] | None = None   # sentences each training speaker reads (None:
                                       # sentences_per_speaker; a tuple: one count per training speaker, in order)
 
@@ -172,8 +176,9 @@ class SynthConfig:
 
         The key names content, not code: a version's data stays the same whatever else is edited, which
         tests/test_synthvoca.py checks against a recorded fingerprint of version 1; a change to what a version
-        generates is a new version (or, while a version is a draft, a new `DRAFT_REVISION`). So run folders and the shipped model's identity survive unrelated edits."""
-        draft = {"draft": DRAFT_REVISION[self.version]} if self.version in DRAFT_REVISION else {}
+        generates is a new version (`KEY_REVISION` tells how a draft's revisions entered the key). So run folders
+        and the shipped model's identity survive unrelated edits."""
+        draft = {"draft": KEY_REVISION[self.version]} if self.version in KEY_REVISION else {}
         blob = json.dumps({**self.fields(), "v": FORMAT_VERSION, **draft}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
@@ -344,13 +349,13 @@ def speak(spk: Speaker, text: str, rng: np.random.Generator):
 
 
 def articulate(spk: Speaker, phonemes, n_frames: int, fps: float, rng: np.random.Generator,
-               noise: float = 1.0, version: int = 1, contact: tuple[np.ndarray, np.ndarray] | None = None
+               noise: float = 1.0, version: int = DEFAULT_VERSION, contact: tuple[np.ndarray, np.ndarray] | None = None
                ) -> np.ndarray:
     """Basis weights (T, K) for phoneme intervals, in this speaker's style, at `fps`.
 
-    version 2 (a draft until its data are pinned, `GENERATOR_VERSIONS`): vocal effort opens the jaw per
-    viseme (`articulation.EFFORT_JAW`: open vowels most, sibilants least, whose jaw resists coarticulation), the jaw does not rise past the teeth
-    meeting, bilabials and long pauses close the lips (`articulation.closure_demand`), and the lips meet and
+    version 2 (the default, `GENERATOR_VERSIONS`): vocal effort opens the jaw per viseme
+    (`articulation.EFFORT_JAW`: open vowels most, sibilants least, whose jaw resists coarticulation), the jaw
+    does not rise past the teeth meeting, bilabials and long pauses close the lips (`articulation.closure_demand`), and the lips meet and
     stop (`articulation.lip_contact`, with `contact` = (D, g0) of this speaker's face from
     `articulation.contact_geometry`). Version 1 is unchanged.
     """
