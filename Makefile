@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.mtk-installed
 
-.PHONY: install test test-fast reproduce reproduce-all data strip clean browser
+.PHONY: install test test-fast reproduce reproduce-all data strip clean browser validator
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ browser:
 	@command -v chromium >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -q chromium >/dev/null || \
 	  { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; } || \
 	  echo "could not install chromium (needs root and Debian's apt); the browser tests will skip"
+
+# The Khronos glTF validator (npm) for tests/test_export.py: node from Debian, the package from the npm registry
+GLTF_VALIDATOR := .cache/gltf-validator
+validator:
+	@command -v npm >/dev/null || { test "$$(id -u)" = 0 && apt-get install -y -q nodejs npm >/dev/null; } || true
+	@test -d $(GLTF_VALIDATOR)/node_modules/gltf-validator || npm install -q --no-audit --no-fund --prefix $(GLTF_VALIDATOR) \
+	  gltf-validator@2.0.0-dev.3.10 >/dev/null || echo "could not install the glTF validator (needs npm); its check will skip"
 
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 MTK_SMOKE=1 $(PY) -m pytest tests

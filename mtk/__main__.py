@@ -1,6 +1,6 @@
 """Command line: `mtk <command>` (or `python -m mtk <command>`).
 
-    animate WAV --out face.mp4 [face.html face.npy]   animate your own recording
+    animate WAV --out face.mp4 [face.html face.npy face.glb face.obj]   animate your own recording
     train              train a method on a dataset (SynthVOCA preset or folder, VOCASET folder)
     data               generate the default SynthVOCA dataset (and the smoke one)
     reproduce          run the notebooks with the default preset; regenerate figures/ (--all: the long ones too)
@@ -230,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("animate", help="animate a recording with the trained default MemoryTalker")
     p.add_argument("audio", help="a sound file (wav, flac, ogg; any sample rate >= 4 kHz, mono or stereo, >= 0.1 s)")
     p.add_argument("--out", nargs="+", required=True,
-                   help="outputs: .mp4 (video with sound), .html (interactive 3D), .npy (vertices T x V x 3, metres)")
+                   help="outputs: .mp4 (video with sound), .html (interactive 3D), .npy (vertices T x V x 3, metres), "
+                        ".glb/.gltf (glTF 2.0 for Blender, three.js: the face with morph-target animation, no sound), "
+                        ".obj (one OBJ per frame: face_00000.obj, ...)")
     p.add_argument("--preset", default=None, choices=["default", "smoke"],
                    help="which trained MemoryTalker (default: 'smoke' when MTK_SMOKE=1, else 'default')")
     p.add_argument("--checkpoint", default=None,

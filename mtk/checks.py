@@ -24,7 +24,7 @@ MIN_SAMPLE_RATE = 4000
 MIN_SECONDS = 0.1
 SILENT_RMS = 1e-4           # -80 dBFS: digital silence, a DC offset, or dither only
 QUIET_RMS = 1e-3            # -60 dBFS: speech is usually -40 to -20 dBFS
-OUTPUT_SUFFIXES = (".mp4", ".html", ".npy")
+OUTPUT_SUFFIXES = (".mp4", ".html", ".npy", ".glb", ".gltf", ".obj")
 
 
 def check_sample_rate(sample_rate) -> int:

@@ -103,8 +103,15 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
             p.write_text(k3d_html(plot, autoplay=True))           # k3d's viewer inlined: opens offline
         else:
             if faces is None or not len(faces):
-                raise ValueError(f"{p}: rendering a video needs the template's faces; pass a `Template`")
-            write_video(verts, faces, audio, 16000, p, size=size, progress=progress)
+                raise ValueError(f"{p}: writing {p.suffix} needs the template's faces; pass a `Template`")
+            if p.suffix in (".glb", ".gltf"):                          # glTF 2.0, morph targets (mtk.export)
+                from .export import write_gltf
+                write_gltf(p, template.vertices, faces, verts, fps=30)
+            elif p.suffix == ".obj":                                   # face.obj -> face_00000.obj, ...
+                from .export import write_obj_sequence
+                write_obj_sequence(p, verts, faces)
+            else:
+                write_video(verts, faces, audio, 16000, p, size=size, progress=progress)
         written[p.suffix] = p
     return {"outputs": written, "frames": len(verts), "seconds": len(audio) / 16000}
 
