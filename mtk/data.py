@@ -117,7 +117,7 @@ class Sequence:
         return self._audio()
 
     def vertices(self) -> np.ndarray:
-        """(T, V, 3) float32 metres at 30 fps."""
+        """(T, V, 3) float32 metres at the dataset's frame rate (30 fps; BIWI 25)."""
         return self._vertices()
 
     def phoneme_labels(self, n_frames: int) -> np.ndarray:
@@ -295,6 +295,9 @@ class VOCASET:
     MAX_LENGTH_MISMATCH = 0.5         # seconds between audio and vertex lengths: an error beyond this
     WARN_LENGTH_MISMATCH = 0.1        # ... and a warning beyond this
     has_phonemes = False              # VOCASET has no phoneme alignment
+    NAME = "VOCASET"                  # in messages and the dataset key (a subclass reads another layout: mtk.biwi)
+    CAPTURE_FPS = 60                  # the vertex files' frame rate ...
+    FRAME_STEP = 2                    # ... and the step the loader takes: 60 -> 30 fps, as FaceFormer's loader
 
     def __init__(self, root: str | Path, subjects: dict[str, list[str]] | None = None,
                  sentences: dict[str, range] | None = None, known_missing=VOCASET_KNOWN_MISSING,
@@ -307,7 +310,7 @@ class VOCASET:
         need = [self.root / "vertices_npy", self.root / "wav", self.root / "templates.pkl"]
         missing = [str(p) for p in need if not p.exists()]
         if missing:
-            raise FileNotFoundError(f"VOCASET at {self.root} is incomplete; missing: {missing}. Expected the "
+            raise FileNotFoundError(f"{self.NAME} at {self.root} is incomplete; missing: {missing}. Expected the "
                                     "FaceFormer-processed layout (vertices_npy/, wav/, templates.pkl); see README 'Data'.")
         self.train_subjects = list(self.subjects_by_split["train"])
         raw = self._read_templates()
@@ -317,7 +320,7 @@ class VOCASET:
 
     def __repr__(self):
         n = {sp: sum(v[0] == sp for v in self._index.values()) for sp in self.subjects_by_split}
-        return f"VOCASET({self.root}: {len(self._index)} clips, {n})"
+        return f"{self.NAME}({self.root}: {len(self._index)} clips, {n})"
 
     # ------------------------------------------------------------------ checks on opening
     def _read_templates(self) -> dict[str, np.ndarray]:
@@ -351,7 +354,7 @@ class VOCASET:
             if not np.isfinite(v).all():
                 raise ValueError(f"{path}[{s!r}]: {int((~np.isfinite(v)).sum())} coordinates are NaN or infinite")
             if np.ptp(v, axis=0).max() > 10:
-                raise ValueError(f"{path}[{s!r}] spans {np.ptp(v, axis=0).max():.0f} units: VOCASET is in metres "
+                raise ValueError(f"{path}[{s!r}] spans {np.ptp(v, axis=0).max():.0f} units: {self.NAME} is in metres "
                                  "(a head is about 0.2 m); these look like millimetres")
             out[s] = v
         return out
@@ -381,44 +384,53 @@ class VOCASET:
         for split, subs in self.subjects_by_split.items():
             for subj in subs:
                 for k in self.sentence_ranges[split]:
-                    name = f"{subj}_sentence{k:02d}"
+                    name = self._clip_name(subj, k)
                     npy, wav = self.root / "vertices_npy" / f"{name}.npy", self.root / "wav" / f"{name}.wav"
                     if not npy.exists() or not wav.exists():
                         (skipped if name in known_missing else absent).append(name)
                         continue
-                    T60 = self._check_vertex_file(npy, V3, self.templates[subj])
+                    n = self._check_vertex_file(npy, V3, self.templates[subj])   # frames at CAPTURE_FPS
                     try:
                         info = sf.info(str(wav))
                     except Exception as e:  # noqa: BLE001
                         raise ValueError(f"{wav}: cannot read audio ({e})") from e
                     if info.frames == 0:
                         raise ValueError(f"{wav}: the audio file holds no samples")
-                    gap = abs(info.frames / info.samplerate - T60 / 60)
+                    gap = abs(info.frames / info.samplerate - n / self.CAPTURE_FPS)
                     if gap > self.MAX_LENGTH_MISMATCH:
-                        raise ValueError(f"{wav}: {info.frames / info.samplerate:.2f} s of audio for {T60 / 60:.2f} s "
+                        raise ValueError(f"{wav}: {info.frames / info.samplerate:.2f} s of audio for {n / self.CAPTURE_FPS:.2f} s "
                                          f"of vertices ({npy.name}); expected them to agree within "
                                          f"{self.MAX_LENGTH_MISMATCH} s")
                     if gap > self.WARN_LENGTH_MISMATCH:
                         drift.append(f"{name} ({gap:.2f} s)")
                     found[name] = (split, subj, k, npy, wav)
         if skipped:
-            warnings.warn(f"VOCASET: skipping {len(skipped)} known-missing sequences: {sorted(skipped)}", stacklevel=3)
+            warnings.warn(f"{self.NAME}: skipping {len(skipped)} known-missing sequences: {sorted(skipped)}", stacklevel=3)
         if drift:
-            warnings.warn(f"VOCASET at {self.root}: audio and vertex lengths differ by more than "
+            warnings.warn(f"{self.NAME} at {self.root}: audio and vertex lengths differ by more than "
                           f"{self.WARN_LENGTH_MISMATCH} s in {len(drift)} clips: {drift[:10]}"
                           + (" ..." if len(drift) > 10 else "") + "; the audio is stretched to the vertex frames",
                           stacklevel=3)
         if absent:
-            msg = f"VOCASET at {self.root}: {len(absent)} sequences missing: {sorted(absent)[:20]}" + \
+            msg = f"{self.NAME} at {self.root}: {len(absent)} sequences missing: {sorted(absent)[:20]}" + \
                   (" ..." if len(absent) > 20 else "")
             if strict:
                 raise FileNotFoundError(msg + " (pass strict=False to skip them with a warning)")
             warnings.warn(msg + "; skipped", stacklevel=3)
         return found
 
-    @staticmethod
-    def _check_vertex_file(npy: Path, V3: int, template: Template) -> int:
-        """Header, dtype, shape and first frame of a vertex file (memory-mapped) -> its number of 60 fps frames."""
+    def _clip_name(self, subject: str, sentence: int) -> str:
+        """The file stem of a clip (VOCASET: <subject>_sentenceNN)."""
+        return f"{subject}_sentence{sentence:02d}"
+
+    @property
+    def fps(self) -> float:
+        """Frame rate of the clips the loader returns (VOCASET: 30)."""
+        return self.CAPTURE_FPS / self.FRAME_STEP
+
+    def _check_vertex_file(self, npy: Path, V3: int, template: Template) -> int:
+        """Header, dtype, shape and first frame of a vertex file (memory-mapped) -> its number of frames at
+        CAPTURE_FPS."""
         try:
             arr = np.load(npy, mmap_mode="r")
         except Exception as e:  # noqa: BLE001
@@ -427,14 +439,14 @@ class VOCASET:
             raise ValueError(f"{npy}: vertex array has dtype {arr.dtype}, expected floats (metres)")
         if arr.ndim != 2 or arr.shape[1] != V3 or arr.shape[0] < 2:
             raise ValueError(f"{npy}: vertex array has shape {arr.shape}, expected (T>=2, {V3}) "
-                             f"= (frames at 60 fps, {V3 // 3} vertices x 3)")
+                             f"= (frames at {self.CAPTURE_FPS} fps, {V3 // 3} vertices x 3)")
         first = np.asarray(arr[0], dtype=np.float64)
         if not np.isfinite(first).all():
             raise ValueError(f"{npy}: the first frame has NaN or infinite coordinates")
         span = np.ptp(first.reshape(-1, 3), axis=0).max()
         if span > 10 * max(np.ptp(template.vertices, axis=0).max(), 0.1):
             raise ValueError(f"{npy}: the face spans {span:.0f} units, the subject's template "
-                             f"{np.ptp(template.vertices, axis=0).max():.2f}: VOCASET is in metres; these look like "
+                             f"{np.ptp(template.vertices, axis=0).max():.2f}: {self.NAME} is in metres; these look like "
                              "millimetres")
         return int(arr.shape[0])
 
@@ -446,7 +458,7 @@ class VOCASET:
         h = hashlib.sha1((self.root / "templates.pkl").read_bytes())
         for name, (_, _, _, npy, wav) in sorted(self._index.items()):
             h.update(f"{name}:{npy.stat().st_size}:{wav.stat().st_size}".encode())
-        return "vocaset-" + h.hexdigest()[:10]
+        return f"{self.NAME.lower()}-" + h.hexdigest()[:10]
 
     def subjects(self, split: str) -> list[str]:
         return [s for sp, subs in self.subjects_by_split.items() for s in subs if split in ("all", sp)]
@@ -481,7 +493,7 @@ class VOCASET:
         gives."""
         from .metrics import MotionFeatureExtractor
         if "lower_face" not in self.template.masks:
-            raise ValueError(f"VOCASET at {self.root}: the template has no lower_face region, which FID's features "
+            raise ValueError(f"{self.NAME} at {self.root}: the template has no lower_face region, which FID's features "
                              f"use; add FLAME's region masks as {self.root / 'FLAME_masks.pkl'} (from the FLAME website)")
         idx = self.template.mask("lower_face")
         seqs = self.sequences("train")
@@ -493,7 +505,7 @@ class VOCASET:
     def sequences(self, split: str = "train", part: str = "protocol") -> list[Sequence]:
         """Clips of a split; part "protocol" uses the standard sentence ranges (the only one VOCASET has)."""
         if part != "protocol":
-            raise ValueError(f"VOCASET has only the 'protocol' part, got {part!r}")
+            raise ValueError(f"{self.NAME} has only the 'protocol' part, got {part!r}")
         out = []
         for name, (sp, subj, k, npy, wav) in self._index.items():
             if split not in ("all", sp):
@@ -501,7 +513,7 @@ class VOCASET:
             spk = self.train_subjects.index(subj) if subj in self.train_subjects else -1
 
             def vertices(npy=npy):
-                arr = np.load(npy, mmap_mode="r")[::2]                     # 60 -> 30 fps, still memory-mapped
+                arr = np.load(npy, mmap_mode="r")[::self.FRAME_STEP]       # 60 -> 30 fps, still memory-mapped
                 v = np.array(arr, dtype=np.float32).reshape(len(arr), -1, 3)   # a copy of these frames only
                 if not np.isfinite(v).all():
                     raise ValueError(f"{npy}: {int((~np.isfinite(v)).sum())} vertex coordinates are NaN or infinite")
@@ -654,7 +666,8 @@ def load_dataset(name_or_root: str | Path = "default", progress: bool = True):
         "many"                      96 training speakers reading 4 sentences each, 4 / 12 reading 40
                                     (`SynthConfig.many`)
         "smoke"                     a few short clips (the tests)
-    or a path: a SynthVOCA folder (has meta.json) or a VOCASET folder (the real one is loaded by its path).
+    or a path: a SynthVOCA folder (has meta.json), a BIWI folder (FaceFormer's layout, speakers F1-M6; BIWI-Test-A,
+    `mtk.biwi`) or a VOCASET folder (the real one is loaded by its path).
     """
     from .synthvoca import SynthConfig, generate
     name = str(name_or_root)
@@ -664,4 +677,9 @@ def load_dataset(name_or_root: str | Path = "default", progress: bool = True):
     root = Path(name_or_root)
     if not root.exists():
         raise FileNotFoundError(f"dataset {name!r}: not a SynthVOCA preset {SYNTHVOCA_PRESETS} and no such folder")
-    return SynthVOCA(root) if (root / "meta.json").exists() else VOCASET(root)
+    if (root / "meta.json").exists():
+        return SynthVOCA(root)
+    if any((root / "wav").glob("F2_*.wav")):                           # BIWI's speaker names (mtk.biwi)
+        from .biwi import BIWI
+        return BIWI(root)
+    return VOCASET(root)
