@@ -44,6 +44,7 @@ class BIWI(VOCASET):
     NAME = "BIWI"
     CAPTURE_FPS = 25
     FRAME_STEP = 1
+    REGION_FILES = "regions/lve.txt and regions/fdd.txt (CodeTalker's BIWI regions)"
 
     def __init__(self, root: str | Path, protocol: str = "A", strict: bool = True):
         if protocol not in PROTOCOLS:
@@ -73,6 +74,11 @@ class BIWI(VOCASET):
                                      f"{self._stems[key]}.wav and {wav.name}; expected one")
                 self._stems[key] = wav.stem
         return self._stems.get((subject, sentence), f"{subject}_{sentence:02d}")
+
+    def extractor(self):
+        """FID's motion features need a lower-face region, which BIWI's region files do not define: None (the
+        metrics then leave FID out, saying so) unless the template has one."""
+        return super().extractor() if "lower_face" in self.template.masks else None
 
     def _vertex_count(self, arrays: dict[str, np.ndarray]) -> int:
         sizes = [v.size for v in arrays.values()]

@@ -296,6 +296,7 @@ class VOCASET:
     WARN_LENGTH_MISMATCH = 0.1        # ... and a warning beyond this
     has_phonemes = False              # VOCASET has no phoneme alignment
     NAME = "VOCASET"                  # in messages and the dataset key (a subclass reads another layout: mtk.biwi)
+    REGION_FILES = "FLAME_masks.pkl (from the FLAME website)"   # where the lips and upper-face regions come from
     CAPTURE_FPS = 60                  # the vertex files' frame rate ...
     FRAME_STEP = 2                    # ... and the step the loader takes: 60 -> 30 fps, as FaceFormer's loader
 

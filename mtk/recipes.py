@@ -79,7 +79,8 @@ def check_dataset(dataset, preset: str) -> None:
     missing = [r for r in ("lips", "upper_face") if r not in template.masks]
     if missing:
         root = getattr(dataset, "root", None)
-        where = f" Add FLAME's region masks as {root / 'FLAME_masks.pkl'} (from the FLAME website)" if root else ""
+        files = getattr(dataset, "REGION_FILES", "FLAME_masks.pkl (from the FLAME website)")
+        where = f" Add the region files to {root}: {files}" if root else ""
         raise ValueError(f"the dataset's template ({template.V} vertices) has no {' or '.join(missing)} region, "
                          f"needed for the lip loss and the metrics.{where}")
     if preset in PRETRAIN_EPOCHS and not getattr(dataset, "has_phonemes", False):

@@ -93,3 +93,32 @@ def test_bad_input_names_the_file_and_what_was_expected(biwi_root, tmp_path):
     with pytest.raises(ValueError, match=r"F3_e01.npy: vertex array has shape \(20, 93\), expected \(T>=2, 90\) = "
                                          r"\(frames at 25 fps"):
         BIWI(tmp_path, strict=False)
+
+
+def test_mtk_train_on_a_biwi_folder_trains_at_25_fps_and_scores_it(biwi_root, hubert_folder, tmp_path, monkeypatch,
+                                                                    capsys):
+    """What a BIWI user runs (README, "BIWI"): `mtk train --preset paper --data <folder> --pretrained <HuBERT>`;
+    the model's periodic positional encoding spans one second of BIWI (25 frames), it predicts one frame per
+    25 fps mesh frame, and the metrics score it (FID left out: BIWI's regions define no lower face)."""
+    import re
+    import warnings
+    from pathlib import Path
+
+    from mtk import recipes
+    from mtk.__main__ import main
+    from mtk.model import MemoryTalker
+    monkeypatch.setenv("MTK_HOME", str(tmp_path / "home"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        main(["train", "--preset", "paper", "--data", str(biwi_root), "--pretrained", str(hubert_folder),
+              "--device", "cpu", "--epochs", "1", "--max-batches", "1"])
+    run = Path(re.search(r"--checkpoint (\S+)", capsys.readouterr().out).group(1))
+    model = MemoryTalker.from_pretrained(run / "model")
+    assert model.cfg.period == 25
+    ds = BIWI(biwi_root)
+    seq = ds.sequences("test")[0]
+    pred = recipes.predict(model, [seq], stage=2, n_train=6)[0]
+    assert pred.shape == seq.vertices().shape                               # (T25, V, 3)
+    res = recipes.evaluate(model, ds, "test")
+    assert np.isfinite([res["fve"], res["lve"], res["fdd"]]).all() and res.info["n_sequences"] == 24
+    assert "fid" not in res.metrics and any("fid omitted" in n for n in res.notes)

@@ -21,19 +21,6 @@ def voca(smoke_ds, tmp_path_factory):
     return VOCASET(out, subjects=subjects, sentences=sentences)
 
 
-@pytest.fixture(scope="module")
-def hubert_folder(tmp_path_factory):
-    """A tiny randomly initialised HuBERT in transformers' folder layout, saved with settings that differ from
-    the paper preset's (time masking 0.3 instead of 0.05, LayerDrop 0 instead of 0.1)."""
-    from transformers import HubertConfig, HubertModel
-    cfg = HubertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
-                       mask_time_prob=0.3, layerdrop=0.0)
-    out = tmp_path_factory.mktemp("enc") / "hubert-tiny"
-    HubertModel(cfg).save_pretrained(out)
-    return out
-
-
 def one_batch(recipe):
     return replace(recipe, stage1=replace(recipe.stage1, epochs=1, max_batches=1),
                    stage2=replace(recipe.stage2, epochs=1, max_batches=1))
