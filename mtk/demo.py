@@ -3,7 +3,7 @@
 Uses the trained default MemoryTalker: this machine's run in runs/, else the one shipped with the kit
 (mtk/pretrained/, when its recipe is the code's), else trains it first, saying so (`mtk.shipped`); animates the kit's neutral face from the audio alone, and writes
 
-    .npy   the vertices, (T, V, 3) float32 metres at 30 fps
+    .npy   the vertices, (T, V, 3) float32 metres at the model's frame rate (30 fps; BIWI models 25)
     .html  an interactive k3d page (drag to rotate, press play)
     .mp4   a rendered video with the sound (H.264 + AAC, through the ffmpeg binary of imageio-ffmpeg)
 
@@ -93,6 +93,7 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
     except ValueError as e:
         raise ValueError(f"{audio_path}: {e}") from None
     faces = getattr(template, "faces", None)
+    fps = getattr(getattr(model, "cfg", None), "fps", 30)             # the model's mesh frame rate (BIWI: 25)
     written = {}
     for p in outs:
         if p.suffix == ".npy":
@@ -106,12 +107,12 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
                 raise ValueError(f"{p}: writing {p.suffix} needs the template's faces; pass a `Template`")
             if p.suffix in (".glb", ".gltf"):                          # glTF 2.0, morph targets (mtk.export)
                 from .export import write_gltf
-                write_gltf(p, template.vertices, faces, verts, fps=30)
+                write_gltf(p, template.vertices, faces, verts, fps=fps)
             elif p.suffix == ".obj":                                   # face.obj -> face_00000.obj, ...
                 from .export import write_obj_sequence
                 write_obj_sequence(p, verts, faces)
             else:
-                write_video(verts, faces, audio, 16000, p, size=size, progress=progress)
+                write_video(verts, faces, audio, 16000, p, fps=fps, size=size, progress=progress)
         written[p.suffix] = p
     return {"outputs": written, "frames": len(verts), "seconds": len(audio) / 16000}
 

@@ -165,7 +165,7 @@ def read_gltf(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     times = read(sampler.input).astype(np.float64)
     weights = read(sampler.output).astype(np.float64).reshape(len(times), len(fields))
     verts = base[None] + np.einsum("tk,kvc->tvc", weights, fields)
-    fps = float(round(1 / np.diff(times).mean(), 6)) if len(times) > 1 else float("nan")
+    fps = float(round(1 / np.diff(times).mean(), 3)) if len(times) > 1 else float("nan")   # float32 times
     return base, faces, verts, fps
 
 

@@ -46,6 +46,8 @@ from .stylize import StyleConfig, StyleEncoder, stylize_memory, triplet_loss
 class ModelConfig(Config):
     """MemoryTalker's architecture. Presets: `smoke` (CI), `default` (SynthVOCA on a CPU), `paper` (VOCASET)."""
 
+    ADDED_FIELDS = {"fps": 30}           # added later: earlier run keys stay valid (`configs.Config`)
+
     vertex_dim: int = 15069              # V * 3 (FLAME: 5023 * 3)
     n_slots: int = 32                    # n: memory slots = size of the text representation
     dim: int = 96                        # c: memory and decoder width
@@ -71,6 +73,7 @@ class ModelConfig(Config):
                                          # (by V) is reset to a random motion feature of the batch (0: off)
     loss_units: str = "metres"           # "metres" (released: MSE in m^2) or "motion": vertex losses divided
                                          # by motion_scale^2, so the lambda-weighted terms are balanced
+    fps: int = 30                        # the mesh frame rate it animates at (VOCASET, SynthVOCA 30; BIWI 25)
     audio: AudioConfig = field(default_factory=AudioConfig.default)
     style: StyleConfig = field(default_factory=StyleConfig)
 
@@ -364,7 +367,7 @@ class MemoryTalker(nn.Module):
 
     @torch.no_grad()
     def animate(self, audio, sample_rate: int, template=None, stage: int | None = None) -> np.ndarray:
-        """Animate a neutral face from speech alone: -> vertices (T, V, 3) at 30 fps, metres.
+        """Animate a neutral face from speech alone: -> vertices (T, V, 3) at `cfg.fps` (30; BIWI 25), metres.
 
         audio: (N,) or (N, channels) samples, any sample rate >= 4 kHz in Hz (resampled to 16 kHz,
         downmixed to mono). template: (V, 3) or (V*3,) neutral vertices in metres, or a `Template`;
@@ -392,8 +395,8 @@ class MemoryTalker(nn.Module):
     def _animate_windows(self, x: np.ndarray, tmpl: np.ndarray, stage: int) -> np.ndarray:
         """16 kHz mono (N,) -> (T, V*3): one pass, or overlapping windows of `max_window_frames`."""
         dev = next(self.parameters()).device
-        T, W = frames_for(len(x)), self.cfg.max_window_frames
-        spf = 16000 / 30                                                           # samples per frame
+        T, W = frames_for(len(x), fps=self.cfg.fps), self.cfg.max_window_frames
+        spf = 16000 / self.cfg.fps                                                 # samples per frame
         template = torch.from_numpy(tmpl)[None].to(dev)                            # (1, V*3)
 
         def window(s: int, e: int) -> np.ndarray:                                  # frames [s, e) -> (e-s, V*3)

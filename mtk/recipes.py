@@ -215,8 +215,9 @@ def memorytalker(preset: str, dataset, progress: bool = True, epochs: int | None
         model_kw["audio"] = pretrained_audio(preset, dataset, progress, train=pretrain)
     if "motion_scale" not in model_kw:
         model_kw["motion_scale"] = round(motion_scale(dataset.sequences("train")), 6)
-    if getattr(dataset, "fps", 30) != 30 and "period" not in model_kw:     # PPE over one second: 25 on BIWI
-        model_kw["period"] = int(round(dataset.fps))
+    if getattr(dataset, "fps", 30) != 30:                 # BIWI: animate at 25 fps, PPE over one second
+        model_kw.setdefault("fps", int(round(dataset.fps)))
+        model_kw.setdefault("period", int(round(dataset.fps)))
     if preset in ("smoke", "default"):
         # the preset's budget, split evenly between the stages; stage 2 at half the learning rate (as released)
         e = epochs or budget(preset)["epochs"]

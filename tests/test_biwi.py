@@ -99,7 +99,8 @@ def test_mtk_train_on_a_biwi_folder_trains_at_25_fps_and_scores_it(biwi_root, hu
                                                                     capsys):
     """What a BIWI user runs (README, "BIWI"): `mtk train --preset paper --data <folder> --pretrained <HuBERT>`;
     the model's periodic positional encoding spans one second of BIWI (25 frames), it predicts one frame per
-    25 fps mesh frame, and the metrics score it (FID left out: BIWI's regions define no lower face)."""
+    25 fps mesh frame, `mtk animate --checkpoint` animates at 25 fps, and the metrics score it (FID left out:
+    BIWI's regions define no lower face)."""
     import re
     import warnings
     from pathlib import Path
@@ -114,11 +115,20 @@ def test_mtk_train_on_a_biwi_folder_trains_at_25_fps_and_scores_it(biwi_root, hu
               "--device", "cpu", "--epochs", "1", "--max-batches", "1"])
     run = Path(re.search(r"--checkpoint (\S+)", capsys.readouterr().out).group(1))
     model = MemoryTalker.from_pretrained(run / "model")
-    assert model.cfg.period == 25
+    assert model.cfg.period == model.cfg.fps == 25
     ds = BIWI(biwi_root)
     seq = ds.sequences("test")[0]
     pred = recipes.predict(model, [seq], stage=2, n_train=6)[0]
     assert pred.shape == seq.vertices().shape                               # (T25, V, 3)
+    from mtk.audio import frames_for
+    from mtk.export import read_gltf
+    import soundfile as sf
+    sf.write(tmp_path / "speech.wav", seq.audio(), 16000)
+    main(["animate", str(tmp_path / "speech.wav"), "--checkpoint", str(run), "--out", str(tmp_path / "face.npy"),
+          str(tmp_path / "face.glb")])
+    T = frames_for(len(seq.audio()), fps=25)                                # 25 fps from speech alone
+    assert np.load(tmp_path / "face.npy").shape == (T, V, 3) and abs(T - len(seq.vertices())) <= 1
+    assert read_gltf(tmp_path / "face.glb")[3] == 25
     res = recipes.evaluate(model, ds, "test")
     assert np.isfinite([res["fve"], res["lve"], res["fdd"]]).all() and res.info["n_sequences"] == 24
     assert "fid" not in res.metrics and any("fid omitted" in n for n in res.notes)
