@@ -366,7 +366,7 @@ class MemoryTalker(nn.Module):
                             stage=stage, return_features=return_features, w_s=w_s)
 
     @torch.no_grad()
-    def animate(self, audio, sample_rate: int, template=None, stage: int | None = None) -> np.ndarray:
+    def animate(self, audio, sample_rate: int, template=None, stage: int | None = None, style=None) -> np.ndarray:
         """Animate a neutral face from speech alone: -> vertices (T, V, 3) at `cfg.fps` (30; BIWI 25), metres.
 
         audio: (N,) or (N, channels) samples, any sample rate >= 4 kHz in Hz (resampled to 16 kHz,
@@ -374,6 +374,7 @@ class MemoryTalker(nn.Module):
         default the model's own (`self.template`). stage: 2 (default; 1 for the no-memory model) or 1.
         Everything is checked first (`mtk.checks`). No speaker identity is used. Clips longer than
         `max_window_frames` (20 s) are animated in overlapping windows blended with a linear cross-fade.
+        style: (n,) slot weights w_s to speak in instead of the style encoder's (stage 2; `mtk.style_edit`).
         """
         from .data import to_mono_16k
         n_stages = 2 if self.cfg.use_memory else 1
@@ -383,18 +384,24 @@ class MemoryTalker(nn.Module):
                 raise ValueError("no template given and the model carries none: pass the neutral face (V, 3)")
             template = self.template
         tmpl = check_template(template, self.cfg.vertex_dim)
+        if style is not None:
+            style = np.asarray(style, dtype=np.float32)
+            if stage != 2 or style.shape != (self.cfg.n_slots,) or not np.isfinite(style).all():
+                raise ValueError(f"animate(style=...): got shape {style.shape} at stage {stage}; expected {self.cfg.n_slots} "
+                                 "finite slot weights (one per memory slot), at stage 2")
         x = check_audio(audio, sample_rate)
         x = to_mono_16k(x, int(sample_rate), source="animate(audio)")
         was_training = self.training
         self.eval()
         try:
-            return self._animate_windows(x, tmpl, stage).reshape(-1, tmpl.size // 3, 3)
+            return self._animate_windows(x, tmpl, stage, style).reshape(-1, tmpl.size // 3, 3)
         finally:
             self.train(was_training)
 
-    def _animate_windows(self, x: np.ndarray, tmpl: np.ndarray, stage: int) -> np.ndarray:
+    def _animate_windows(self, x: np.ndarray, tmpl: np.ndarray, stage: int, style=None) -> np.ndarray:
         """16 kHz mono (N,) -> (T, V*3): one pass, or overlapping windows of `max_window_frames`."""
         dev = next(self.parameters()).device
+        w_s = None if style is None else torch.from_numpy(style)[None].to(dev)   # (1, n)
         T, W = frames_for(len(x), fps=self.cfg.fps), self.cfg.max_window_frames
         spf = 16000 / self.cfg.fps                                                 # samples per frame
         template = torch.from_numpy(tmpl)[None].to(dev)                            # (1, V*3)
@@ -402,7 +409,7 @@ class MemoryTalker(nn.Module):
         def window(s: int, e: int) -> np.ndarray:                                  # frames [s, e) -> (e-s, V*3)
             a = x[int(s * spf): int(min(len(x), round(e * spf)))]
             return self.predict(torch.from_numpy(a)[None].to(dev), torch.tensor([len(a)], device=dev),
-                                torch.tensor([e - s], device=dev), template, stage=stage)[0].cpu().numpy()
+                                torch.tensor([e - s], device=dev), template, stage=stage, w_s=w_s)[0].cpu().numpy()
 
         if T <= W:
             return window(0, T)
