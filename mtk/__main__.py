@@ -40,12 +40,23 @@ def cmd_animate(args) -> None:
             if args.preset:
                 raise ValueError("pass either --checkpoint or --preset, not both")
             model = load_checkpoint(args.checkpoint, resolve_device(args.device))
-        res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage, device=args.device, model=model)
+        stream = None
+        if args.stream:
+            from .stream import StreamConfig
+            stream = StreamConfig(chunk=args.chunk / 1000, lookahead=args.lookahead / 1000)
+        res = animate_file(args.audio, args.out, preset=args.preset, stage=args.stage, device=args.device, model=model,
+                           stream=stream)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"mtk animate: {e}") from None
     for suffix, path in res["outputs"].items():
         print(f"wrote {path}")
     print(f"{res['frames']} frames for {res['seconds']:.1f} s of audio")
+    if stream is not None:
+        import numpy as np
+        c = 1000 * np.asarray(res["compute"])
+        print(f"streamed in {len(c)} chunks of {args.chunk:.0f} ms, look-ahead {args.lookahead:.0f} ms: compute per chunk "
+              f"median {np.median(c):.0f} ms, 95th percentile {np.percentile(c, 95):.0f} ms; latency from a sound to "
+              f"its frame about {args.lookahead + args.chunk + np.percentile(c, 95):.0f} ms (look-ahead + a chunk + compute)")
 
 
 TRAINABLE = ("memorytalker", "faceformer", "codetalker", "selftalk", "imitator", "scantalk", "unitalker")
@@ -240,6 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "`mtk train`) or a model folder written by save_pretrained; it animates its own template")
     p.add_argument("--stage", type=int, default=None, choices=[1, 2],
                    help="1: the memory as stage 1 left it; 2 (default): stylized from the audio")
+    p.add_argument("--stream", action="store_true",
+                   help="read the file as if it were live: chunk by chunk, each frame after --lookahead ms of the "
+                        "speech that follows it (mtk.stream); prints the compute per chunk and the latency")
+    p.add_argument("--lookahead", type=float, default=100.0, help="with --stream: look-ahead in ms (default 100)")
+    p.add_argument("--chunk", type=float, default=1000 / 30, help="with --stream: chunk length in ms (default one "
+                                                                 "frame, 33 ms)")
     p.add_argument("--device", default="auto",
                    help="where models run and train: auto (default: a CUDA GPU if torch sees one, else the CPU), cpu, "
                         "cuda, cuda:<index> or mps")

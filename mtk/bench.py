@@ -10,6 +10,7 @@ one function and one dict entry.
     python -m mtk.bench profile memorytalker 1   # where one training epoch spends its time
     python -m mtk.bench paper              # seconds per step of the paper recipe (HuBERT-base) on a CPU
     python -m mtk.bench whisper            # a stage-1 epoch on Whisper tiny.en, frozen vs fine-tuned
+    python -m mtk.bench stream             # streaming: compute per chunk, latency, FVE cost per look-ahead
 """
 
 from __future__ import annotations
@@ -374,6 +375,52 @@ def bench_paper(argv: Sequence[str] = ()) -> int:
     return 0
 
 
+def bench_stream(argv: Sequence[str] = ()) -> int:
+    """Streaming animation (`mtk.stream`) with the default MemoryTalker: for each look-ahead, the compute per
+    chunk on this machine, the latency from a sound to its frame, and the FVE of the streamed frames beside
+    whole-clip animation on the unseen test speakers' evaluation clips."""
+    p = argparse.ArgumentParser(prog="python -m mtk.bench stream")
+    p.add_argument("--lookahead", type=float, nargs="+", default=[0, 50, 100, 200], help="look-aheads (ms)")
+    p.add_argument("--chunk", type=float, default=1000 / 30, help="chunk length (ms; default one frame)")
+    p.add_argument("--context", type=float, default=2.0, help="seconds of past speech in the window")
+    p.add_argument("--clips", type=int, default=40, help="test clips to score (default all 40)")
+    p.add_argument("--preset", default="default", choices=["smoke", "default"])
+    args = p.parse_args(argv)
+    import torch
+
+    from . import metrics, shipped
+    from .data import load_dataset
+    from .stream import StreamConfig, stream_file
+    model, _ = shipped.load_or_train(args.preset, progress=False)
+    ds = load_dataset(args.preset, progress=False)
+    clips = ds.sequences("test")[: args.clips]
+    masks = {"lips": ds.template.mask("lips"), "upper_face": ds.template.mask("upper_face")}
+    gts = [c.vertices() for c in clips]
+    whole = [model.animate(c.audio(), 16000, c.template) for c in clips]
+    base = metrics.evaluate(whole, gts, masks).paper_units()
+    seconds = sum(len(c.audio()) for c in clips) / 16000
+    print(f"{len(clips)} test clips ({seconds:.0f} s), {torch.get_num_threads()} threads, chunk {args.chunk:.0f} ms, "
+          f"context {args.context:g} s; whole-clip animation: FVE {base['fve']:.3f}, LVE {base['lve']:.3f}")
+    print("| look-ahead (ms) | compute per chunk, median / 95th pct (ms) | latency (ms) | real-time factor | "
+          "FVE (x1e-6) | LVE (x1e-5) | FVE cost |")
+    print("|---|---|---|---|---|---|---|")
+    for la in args.lookahead:
+        cfg = StreamConfig(chunk=args.chunk / 1000, lookahead=la / 1000, context=args.context)
+        preds, compute = [], []
+        for c in clips:
+            v, t = stream_file(model, c.audio(), cfg, template=c.template)
+            preds.append(v)
+            compute += t
+        res = metrics.evaluate(preds, gts, masks).paper_units()
+        ms = 1000 * np.asarray(compute)
+        p95 = float(np.percentile(ms, 95))
+        print(f"| {la:.0f} | {np.median(ms):.1f} / {p95:.1f} | {la + args.chunk + p95:.0f} | "
+              f"{np.mean(ms) / args.chunk:.2f} | {res['fve']:.3f} | {res['lve']:.3f} | {res['fve'] - base['fve']:+.3f} |")
+    print("latency = look-ahead + one chunk + the 95th-percentile compute of a chunk; real-time factor = mean compute "
+          "per chunk / chunk length (below 1 keeps up with live speech)")
+    return 0
+
+
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "metrics": bench_metrics,
     "inference": bench_inference,
@@ -381,6 +428,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "profile": bench_profile,
     "paper": bench_paper,
     "whisper": bench_whisper,
+    "stream": bench_stream,
 }
 
 

@@ -65,7 +65,8 @@ def load_checkpoint(path, device: str = "cpu"):
 
 
 def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | None = None, model=None,
-                 template=None, progress: bool = True, size: int = 480, device: str | None = None) -> dict:
+                 template=None, progress: bool = True, size: int = 480, device: str | None = None,
+                 stream=None) -> dict:
     """Animate `audio_path` and write every requested output. Returns {suffix: path} and the frame count.
 
     Everything the user gave is checked before any dataset generation, training or rendering
@@ -73,6 +74,8 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
     "smoke" (default: "smoke" when MTK_SMOKE=1, else "default"); ignored when `model` is given.
     template: default the model's own neutral face. device: where the model runs (and trains, if it must):
     "auto" (default), "cpu", "cuda[:i]" or "mps" (`train.resolve_device`); ignored when `model` is given.
+    stream: a `stream.StreamConfig` to animate the file chunk by chunk as if it were live (`mtk.stream`); the
+    result then also holds "compute" (seconds per chunk).
     """
     from .train import resolve_device
     audio_path = Path(audio_path)
@@ -88,8 +91,14 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
         device = resolve_device(device or "auto")                    # a wrong device fails here, before any work
         model = trained_model(preset, progress, device)
     template = template if template is not None else model.template
+    compute = None
     try:
-        verts = model.animate(audio, 16000, template, stage=stage)   # (T, V, 3)
+        if stream is not None:
+            from .stream import stream_file
+            verts, compute = stream_file(model, audio, stream, template=template,
+                                         stage=stage or (2 if model.cfg.use_memory else 1))
+        else:
+            verts = model.animate(audio, 16000, template, stage=stage)   # (T, V, 3)
     except ValueError as e:
         raise ValueError(f"{audio_path}: {e}") from None
     faces = getattr(template, "faces", None)
@@ -114,7 +123,8 @@ def animate_file(audio_path, out_paths, preset: str | None = None, stage: int | 
             else:
                 write_video(verts, faces, audio, 16000, p, fps=fps, size=size, progress=progress)
         written[p.suffix] = p
-    return {"outputs": written, "frames": len(verts), "seconds": len(audio) / 16000}
+    out = {"outputs": written, "frames": len(verts), "seconds": len(audio) / 16000}
+    return out if compute is None else {**out, "compute": compute}
 
 
 def write_video(vertices, faces, audio, sample_rate, path, fps: int = 30, size: int = 480, progress=True):
