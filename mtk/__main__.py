@@ -65,12 +65,13 @@ TRAINABLE = ("memorytalker", "faceformer", "codetalker", "selftalk", "imitator",
 def cmd_train(args) -> None:
     """Train one method on one dataset with a preset's schedule; resumes from the run's last finished epoch."""
     from dataclasses import replace
-    from . import recipes
+    from . import distributed, recipes
     from .data import load_dataset
     from .train import resolve_device
     try:
         device = resolve_device(args.device)                  # checked before any data or training
-        ds = load_dataset(args.data)
+        device = distributed.init_from_env(device)            # under torchrun: one process per GPU (DDP)
+        ds = distributed.main_first(lambda: load_dataset(args.data))
         if args.pretrained and args.encoder:
             raise ValueError("pass either --pretrained or --encoder, not both")
         kw = {"pretrained": args.pretrained} if args.pretrained else {}
@@ -78,10 +79,10 @@ def cmd_train(args) -> None:
             from .audio import AudioConfig
             kw["audio"] = AudioConfig.whisper_tiny_en(frozen=args.encoder == "whisper-tiny-en")
         if args.method == "memorytalker":
-            r = recipes.memorytalker(args.preset, ds, **kw)
+            r = distributed.main_first(lambda: recipes.memorytalker(args.preset, ds, **kw))
         else:
             from .baselines import recipe
-            r = recipe(args.method, args.preset, ds, **kw)
+            r = distributed.main_first(lambda: recipe(args.method, args.preset, ds, **kw))
         if args.epochs or args.max_batches:                   # shorter runs (a quick check); a run of their own
             def cut(stage):
                 return stage and replace(stage, epochs=args.epochs or stage.epochs,
@@ -91,7 +92,12 @@ def cmd_train(args) -> None:
         raise SystemExit(f"mtk train: {e}") from None
     run = r.run_dir(ds)
     stages = " + ".join(f"{s.epochs}" for s in (r.stage1, r.stage2) if s)
-    print(f"training {r.name} on {ds!r}: {stages} epochs on {device}; run folder {run}", flush=True)
+    rank, world = distributed.world()
+    if rank > 0:                                              # DDP: the first process speaks for all
+        recipes.load_or_train(r, ds, device=device, progress=False)
+        return
+    on = f"{world} processes (DDP, {device.split(':')[0]})" if world > 1 else device
+    print(f"training {r.name} on {ds!r}: {stages} epochs on {on}; run folder {run}", flush=True)
     recipes.load_or_train(r, ds, device=device)
     if (run / "model" / "config.json").exists():
         print(f"done: {run / 'model'} (animate with: mtk animate speech.wav --checkpoint {run} --out face.mp4)")

@@ -303,12 +303,14 @@ def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2),
         model, out = recipe.trainer(recipe, dataset, progress)
         out["stage1_state"] = {k: v.cpu() for k, v in out["stage1_state"].items()}
         return model.cpu(), out
+    from . import distributed
     run = recipe.run_dir(dataset)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "recipe.json").write_text(json.dumps(
-        {"name": recipe.name, "class": recipe.model_class.__name__, "model": recipe.model.to_dict(),
-         "stage1": recipe.stage1.__dict__,
-         "stage2": recipe.stage2 and recipe.stage2.__dict__, "dataset": dataset_key(dataset)}, indent=1))
+    if distributed.is_main():                                          # under DDP the first process writes
+        (run / "recipe.json").write_text(json.dumps(
+            {"name": recipe.name, "class": recipe.model_class.__name__, "model": recipe.model.to_dict(),
+             "stage1": recipe.stage1.__dict__,
+             "stage2": recipe.stage2 and recipe.stage2.__dict__, "dataset": dataset_key(dataset)}, indent=1))
     model = build(recipe, dataset)
     train, val = dataset.sequences("train"), dataset.sequences("val") or None
     n_train = len(dataset.train_subjects)
@@ -326,8 +328,10 @@ def load_or_train(recipe: Recipe, dataset, progress: bool = True, stages=(1, 2),
         h2 = fit(model, train, recipe.stage2, run / "stage2", n_train, val, progress=progress)
         out["history2"] = h2
     model.eval().cpu()
-    if hasattr(model, "save_pretrained") and tuple(stages) == (1, 2) and not (run / "model" / "config.json").exists():
+    if (hasattr(model, "save_pretrained") and tuple(stages) == (1, 2) and distributed.is_main()
+            and not (run / "model" / "config.json").exists()):
         model.save_pretrained(run / "model")
+    distributed.barrier()
     return model, out
 
 

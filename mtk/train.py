@@ -242,22 +242,30 @@ def collate_triplets(batch):
 
 
 def epoch_loader(dataset, cfg: TrainConfig, epoch: int, gen: torch.Generator, lengths: list[int] | None,
-                 speakers: list[int], sampled: bool) -> torch.utils.data.DataLoader:
+                 speakers: list[int], sampled: bool, shard: tuple[int, int] = (0, 1)) -> torch.utils.data.DataLoader:
     """One epoch's batches of `dataset` (a FaceDataset, or a TripletDataset when `sampled`), seeded by
     (cfg.seed, epoch): speaker pairs for in-batch triplets (stage 2), else shuffled batches, grouped by
-    length when `cfg.bucket` (`lengths`: samples per clip)."""
+    length when `cfg.bucket` (`lengths`: samples per clip). shard (rank, processes): under DDP, this process's
+    share of batches `processes` times as large (`distributed.ShardedBatches`)."""
+    from .distributed import ShardedBatches
+    rank, size = shard
+    B = cfg.batch_size * size                                          # the global batch
     gen.manual_seed(cfg.seed * 1000 + epoch)
     if isinstance(dataset, TripletDataset):
         dataset.epoch = epoch
     if cfg.stage == 2 and cfg.triplets == "in_batch":
-        sampler = SpeakerPairBatches(speakers, cfg.batch_size, cfg.seed, lengths if cfg.bucket else None)
+        sampler = SpeakerPairBatches(speakers, B, cfg.seed, lengths if cfg.bucket else None)
         sampler.epoch = epoch
-        return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
-    fn = collate_triplets if sampled else collate
-    if cfg.bucket and cfg.batch_size > 1:
-        return torch.utils.data.DataLoader(dataset, batch_sampler=length_batches(lengths, cfg.batch_size, gen),
-                                           collate_fn=fn)
-    return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, generator=gen, collate_fn=fn)
+        batches, fn = sampler, collate
+    else:
+        fn = collate_triplets if sampled else collate
+        if cfg.bucket and B > 1:
+            batches = length_batches(lengths, B, gen)
+        else:
+            batches = torch.utils.data.BatchSampler(torch.utils.data.RandomSampler(dataset, generator=gen), B, False)
+    if size > 1:
+        batches = ShardedBatches(batches, rank, size)
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, collate_fn=fn)
 
 
 def to_device(batch: dict, device) -> dict:
@@ -327,6 +335,9 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
     """
     from tqdm.auto import tqdm
 
+    from . import distributed
+    rank, world = distributed.world()
+    progress = progress and rank == 0
     ckpt = Path(ckpt)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     device = torch.device(resolve_device(cfg.device))
@@ -361,9 +372,13 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
             val_loader = torch.utils.data.DataLoader(FaceDataset(val, n_train_speakers), batch_size=cfg.batch_size,
                                                      collate_fn=collate)
         lengths = [len(base[i]["audio"]) for i in range(len(base))] if cfg.bucket else None
+        net = model                                                   # what the batches go through
+        if world > 1:                                                 # DDP: gradients averaged after backward
+            net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
-            loader = epoch_loader(dataset, cfg, epoch, gen, lengths, [s.speaker for s in train], sampled)
+            loader = epoch_loader(dataset, cfg, epoch, gen, lengths, [s.speaker for s in train], sampled,
+                                  shard=(rank, world))
             model.train()
             sums: dict[str, float] = {}
             n = 0
@@ -373,7 +388,7 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                 if cfg.max_batches is not None and i >= cfg.max_batches:
                     break
                 batch["in_batch_triplets"] = in_batch
-                out = model(to_device(batch, device), stage=cfg.stage)
+                out = net(to_device(batch, device), stage=cfg.stage)
                 check_finite(out, batch, f"stage {cfg.stage}, epoch {epoch + 1}, batch {i + 1}")
                 opt.zero_grad(set_to_none=True)
                 (out["loss"] * scale).backward()
@@ -385,13 +400,15 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                 n += 1
                 bar.set_postfix(loss=f"{sums['loss'] / n:.3e}")
-            history["train"].append({k: v / max(n, 1) for k, v in sums.items()})
+            history["train"].append(distributed.average({k: v / max(n, 1) for k, v in sums.items()}))
             if val_loader is not None:
                 history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device, cfg.max_batches))
             history["seconds"].append(time.time() - t0)
-            checkpoint.save_training_state(ckpt, model, opt, {
-                "key": key, "epoch": epoch + 1, "history": history, "train_config": asdict(cfg),
-                "model_config": getattr(model, "cfg", None) and model.cfg.to_dict()})
+            if rank == 0:                                            # written once; the others wait for it
+                checkpoint.save_training_state(ckpt, model, opt, {
+                    "key": key, "epoch": epoch + 1, "history": history, "train_config": asdict(cfg),
+                    "model_config": getattr(model, "cfg", None) and model.cfg.to_dict()})
+            distributed.barrier()
             if progress:
                 msg = f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
                 if history["val"]:
