@@ -29,3 +29,19 @@ def hubert_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("enc") / "hubert-tiny"
     HubertModel(cfg).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def moving_model(smoke_ds):
+    """A smoke MemoryTalker carrying its template, with a random (non-zero) output layer and style scale, so what
+    it animates depends on the speech and the style: the zero-initialised output layer would make every
+    animation the template, and the residual style form's zero-initialised psi every w_s exactly 1."""
+    import torch
+
+    from mtk.model import MemoryTalker, ModelConfig
+    torch.manual_seed(0)
+    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3, motion_scale=0.003), smoke_ds.template.mask("lips"),
+                     template=smoke_ds.template)
+    torch.nn.init.normal_(m.out.weight, std=0.3)
+    torch.nn.init.normal_(m.style_encoder.to_scale.weight, std=1.0)
+    return m.eval()

@@ -8,18 +8,8 @@ from mtk.stream import SR, StreamConfig, Streamer, stream_file
 
 
 @pytest.fixture(scope="module")
-def model(smoke_ds):
-    """A smoke MemoryTalker with a random (non-zero) output layer and style scale: its frames depend on the
-    speech and the style, so a wrong window or alignment shows."""
-    import torch
-
-    from mtk.model import MemoryTalker, ModelConfig
-    torch.manual_seed(0)
-    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3, motion_scale=0.003), smoke_ds.template.mask("lips"),
-                     template=smoke_ds.template)
-    torch.nn.init.normal_(m.out.weight, std=0.3)
-    torch.nn.init.normal_(m.style_encoder.to_scale.weight, std=1.0)
-    return m.eval()
+def model(moving_model):
+    return moving_model
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,8 @@ from mtk import style_edit
 
 
 @pytest.fixture(scope="module")
-def model(smoke_ds):
-    """A smoke MemoryTalker with random (non-zero) output layer and style scale, so a different style is a
-    different animation (the zero-initialised output layer would make every animation the template, and the
-    residual style form's zero-initialised psi every w_s exactly 1)."""
-    import torch
-
-    from mtk.model import MemoryTalker, ModelConfig
-    torch.manual_seed(0)
-    m = MemoryTalker(ModelConfig.smoke(smoke_ds.template.V * 3, motion_scale=0.003), smoke_ds.template.mask("lips"),
-                     template=smoke_ds.template)
-    torch.nn.init.normal_(m.out.weight, std=0.3)
-    torch.nn.init.normal_(m.style_encoder.to_scale.weight, std=1.0)
-    return m.eval()
+def model(moving_model):
+    return moving_model
 
 
 def test_edit_blends_and_scales_the_deviation_from_the_mean():
