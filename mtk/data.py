@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import pickle
+import re
 import shutil
 import warnings
 from dataclasses import dataclass, field
@@ -525,6 +526,73 @@ class VOCASET:
         return out
 
 
+class BIWI(VOCASET):
+    """FaceFormer-processed BIWI (`mtk.biwi`: the layout, the split, the sources); `protocol` "A" (the training
+    speakers' sentences 37-40) or "B" (the unseen speakers')."""
+
+    NAME = "BIWI"
+    CAPTURE_FPS = 25
+    FRAME_STEP = 1
+    REGION_FILES = "regions/lve.txt and regions/fdd.txt (CodeTalker's BIWI regions)"
+
+    def __init__(self, root: str | Path, protocol: str = "A", strict: bool = True):
+        from .biwi import PROTOCOLS, SENTENCES, TRAIN_SUBJECTS, UNSEEN_SUBJECTS
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"BIWI protocol {protocol!r}: expected 'A' (BIWI-Test-A: the training speakers' "
+                             f"sentences 37-40) or 'B' (BIWI-Test-B: the unseen speakers {UNSEEN_SUBJECTS})")
+        self.protocol = protocol
+        self._stems: dict[tuple[str, int], str] | None = None
+        subjects = {"train": TRAIN_SUBJECTS, "val": TRAIN_SUBJECTS, "test": PROTOCOLS[protocol]}
+        super().__init__(root, subjects=subjects, sentences=dict(SENTENCES), known_missing=frozenset(), strict=strict)
+
+    def __repr__(self):
+        return super().__repr__().replace("BIWI(", f"BIWI-Test-{self.protocol}(", 1)
+
+    def _clip_name(self, subject: str, sentence: int) -> str:
+        """The stem of <subject>_<letters><two digits>.wav in wav/ (F2_e01, F2_01); a missing clip gets the
+        plain name, which the scan reports as missing; two files for one clip are an error."""
+        if self._stems is None:
+            self._stems = {}
+            pattern = re.compile(r"^(?P<subject>[FM]\d+)_[A-Za-z]*(?P<sentence>\d{2})$")
+            for wav in sorted((self.root / "wav").glob("*.wav")):
+                m = pattern.match(wav.stem)
+                if not m:
+                    continue
+                key = (m["subject"], int(m["sentence"]))
+                if key in self._stems:
+                    raise ValueError(f"{self.root / 'wav'}: two files for {key[0]} sentence {key[1]}: "
+                                     f"{self._stems[key]}.wav and {wav.name}; expected one")
+                self._stems[key] = wav.stem
+        return self._stems.get((subject, sentence), f"{subject}_{sentence:02d}")
+
+    def extractor(self):
+        """FID's motion features need a lower-face region, which BIWI's region files do not define: None (the
+        metrics then leave FID out, saying so) unless the template has one."""
+        return super().extractor() if "lower_face" in self.template.masks else None
+
+    def _vertex_count(self, arrays: dict[str, np.ndarray]) -> int:
+        sizes = [v.size for v in arrays.values()]
+        return max(set(sizes), key=sizes.count) // 3
+
+    def _base_template(self, raw: dict[str, np.ndarray]) -> Template:
+        """The first training speaker's neutral face, with faces from rigid_scans/<subject>.obj and the masks
+        `lips` / `upper_face` from regions/lve.txt / fdd.txt when present."""
+        from .biwi import read_indices, read_obj_faces
+        first = self.train_subjects[0]
+        verts = raw[first]
+        faces = np.zeros((0, 3), np.int32)
+        obj = self.root / "rigid_scans" / f"{first}.obj"
+        if obj.exists():
+            faces = read_obj_faces(obj, len(verts))
+        masks = {}
+        for name, file in (("lips", "lve.txt"), ("upper_face", "fdd.txt")):
+            path = self.root / "regions" / file
+            if path.exists():
+                masks[name] = read_indices(path, len(verts))
+        return Template("biwi", verts, faces, masks, {})
+
+
+
 def export_vocaset_layout(root: str | Path, out: str | Path) -> Path:
     """Write a SynthVOCA dataset in FaceFormer's processed VOCASET layout (read back by `VOCASET`).
 
@@ -681,6 +749,5 @@ def load_dataset(name_or_root: str | Path = "default", progress: bool = True):
     if (root / "meta.json").exists():
         return SynthVOCA(root)
     if any((root / "wav").glob("F2_*.wav")):                           # BIWI's speaker names (mtk.biwi)
-        from .biwi import BIWI
         return BIWI(root)
     return VOCASET(root)

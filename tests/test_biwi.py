@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mtk.biwi import BIWI, SENTENCES, TRAIN_SUBJECTS, UNSEEN_SUBJECTS
-from mtk.data import FaceDataset, collate, load_dataset
+from mtk.biwi import SENTENCES, TRAIN_SUBJECTS, UNSEEN_SUBJECTS
+from mtk.data import BIWI, FaceDataset, collate, load_dataset
 
 V = 30                       # a stand-in for BIWI's 23,370 vertices
 
