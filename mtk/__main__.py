@@ -93,12 +93,15 @@ def cmd_train(args) -> None:
     run = r.run_dir(ds)
     stages = " + ".join(f"{s.epochs}" for s in (r.stage1, r.stage2) if s)
     rank, world = distributed.world()
-    if rank > 0:                                              # DDP: the first process speaks for all
-        recipes.load_or_train(r, ds, device=device, progress=False)
-        return
-    on = f"{world} processes (DDP, {device.split(':')[0]})" if world > 1 else device
-    print(f"training {r.name} on {ds!r}: {stages} epochs on {on}; run folder {run}", flush=True)
-    recipes.load_or_train(r, ds, device=device)
+    try:
+        if rank > 0:                                          # DDP: the first process speaks for all
+            recipes.load_or_train(r, ds, device=device, progress=False)
+            return
+        on = f"{world} processes (DDP, {device.split(':')[0]})" if world > 1 else device
+        print(f"training {r.name} on {ds!r}: {stages} epochs on {on}; run folder {run}", flush=True)
+        recipes.load_or_train(r, ds, device=device)
+    finally:
+        distributed.shutdown()
     if (run / "model" / "config.json").exists():
         print(f"done: {run / 'model'} (animate with: mtk animate speech.wav --checkpoint {run} --out face.mp4)")
     else:

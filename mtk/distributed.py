@@ -34,6 +34,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group when a run ends (every process together), so no process exits while the
+    backend's threads still talk to the others (gloo aborts such an exit: "terminate called without an active
+    exception")."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def main_first(fn):
     """fn() in the first process, then in the others (what writes shared files: data generation, the encoder's
     pretraining), so they read what it wrote instead of racing to write it."""

@@ -40,6 +40,7 @@ else:
 if distributed.is_main():
     json.dump({"loss": [h["loss"] for h in res["history1"]["train"]], "run": str(res["run_dir"]), "weights": every,
                "step": (flat - init).tolist()}, open(out, "w"))
+distributed.shutdown()
 '''
 
 
