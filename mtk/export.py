@@ -143,10 +143,9 @@ def read_gltf(path) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     import pygltflib as g
 
     gltf = g.GLTF2().load(str(path))
-    blob = gltf.binary_blob() if gltf.binary_blob() is not None else None
-    if blob is None:                                                   # .gltf with a data URI
+    if gltf.binary_blob() is None:                                     # .gltf with a data URI
         gltf.convert_buffers(g.BufferFormat.BINARYBLOB)
-        blob = gltf.binary_blob()
+    blob = gltf.binary_blob()
     dtypes = {g.FLOAT: np.float32, g.UNSIGNED_SHORT: np.uint16, g.UNSIGNED_INT: np.uint32}
     width = {g.SCALAR: 1, g.VEC3: 3}
 

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .audio import frames_for
+
 SR = 16000
 
 
@@ -76,7 +78,6 @@ class Streamer:
         return self._emit(self._frames_heard())
 
     def _frames_heard(self) -> int:
-        from .audio import frames_for
         return frames_for(self.heard, fps=self.fps)
 
     def _emit(self, upto: int) -> np.ndarray:

@@ -60,9 +60,11 @@ def edit(w_a: np.ndarray, w_b: np.ndarray | None = None, mix: float = 0.0, scale
     w_mean to the average of w_A and w_B. All (n,)."""
     w_a = np.asarray(w_a, dtype=np.float64)
     w_b = w_a if w_b is None else np.asarray(w_b, dtype=np.float64)
-    mean = (w_a + w_b) / 2 if mean is None and w_a.shape == w_b.shape else np.asarray(mean if mean is not None else w_a)
-    if not (w_a.shape == w_b.shape == mean.shape) or w_a.ndim != 1:
-        raise ValueError(f"edit: styles of shapes {w_a.shape}, {w_b.shape} and mean {mean.shape}; expected three (n,)")
+    mean = None if mean is None else np.asarray(mean, dtype=np.float64)
+    if w_a.shape != w_b.shape or w_a.ndim != 1 or (mean is not None and mean.shape != w_a.shape):
+        got = "" if mean is None else f" and mean {mean.shape}"
+        raise ValueError(f"edit: styles of shapes {w_a.shape}, {w_b.shape}{got}; expected the same (n,) for all")
+    mean = (w_a + w_b) / 2 if mean is None else mean
     if not np.isfinite([mix, scale]).all():
         raise ValueError(f"edit: mix = {mix}, scale = {scale}; expected finite numbers")
     return mean + scale * ((1 - mix) * w_a + mix * w_b - mean)
