@@ -459,7 +459,9 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
             loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, generator=gen,
                                                  collate_fn=collate)
         losses = []
-        for batch in tqdm(loader, desc=f"phoneme pretraining {epoch + 1}/{epochs}", leave=False, disable=not progress):
+        bar = tqdm(total=len(loader), desc=f"phoneme pretraining {epoch + 1}/{epochs}", leave=False,
+                   disable=not progress)                              # never the loader itself: see `train.fit`
+        for batch in loader:
             loss, _ = run(batch, True)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"phoneme pretraining epoch {epoch + 1}: the loss is {float(loss.detach())} on the "
@@ -468,6 +470,8 @@ def pretrain_on_phonemes(dataset, cfg: AudioConfig, out_dir, epochs: int = 20, l
             loss.backward()
             opt.step()
             losses.append(loss.item())
+            bar.update(1)
+        bar.close()
         with torch.no_grad():
             accs = [run(collate([val[i] for i in range(j, min(len(val), j + batch_size))]), False)[1]
                     for j in range(0, len(val), batch_size)]

@@ -150,9 +150,11 @@ def write_video(vertices, faces, audio, sample_rate, path, fps: int = 30, size: 
                                              pix_fmt_in="rgb24", pix_fmt_out="yuv420p", quality=7,
                                              audio_path=str(wav), audio_codec="aac", macro_block_size=16)
         writer.send(None)
-        for frame in tqdm(render_frames(vertices, faces, size=size), total=len(vertices), desc="rendering",
-                          disable=not progress):
+        bar = tqdm(total=len(vertices), desc="rendering", disable=not progress)   # not handed the frames: `train.fit`
+        for frame in render_frames(vertices, faces, size=size):
             writer.send(frame)
+            bar.update(1)
+        bar.close()
         writer.close()
     return path
 

@@ -382,9 +382,12 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
             model.train()
             sums: dict[str, float] = {}
             n = 0
-            bar = tqdm(loader, desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                       disable=not progress, total=min(len(loader), cfg.max_batches or len(loader)))
-            for i, batch in enumerate(bar):
+            # the bar counts steps and is never handed the loader: Jupyter's bar (tqdm.notebook) is a reference
+            # cycle that would keep the loader, and with it the epoch's cached dataset, alive until a full
+            # garbage collection (README, Known issues: notebook kernels grew by about 1 GB per training)
+            bar = tqdm(total=min(len(loader), cfg.max_batches or len(loader)), leave=False, disable=not progress,
+                       desc=f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}")
+            for i, batch in enumerate(loader):
                 if cfg.max_batches is not None and i >= cfg.max_batches:
                     break
                 batch["in_batch_triplets"] = in_batch
@@ -399,7 +402,9 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                     if torch.is_tensor(v) and v.dim() == 0:
                         sums[k] = sums.get(k, 0.0) + float(v.detach())
                 n += 1
-                bar.set_postfix(loss=f"{sums['loss'] / n:.3e}")
+                bar.set_postfix(loss=f"{sums['loss'] / n:.3e}", refresh=False)
+                bar.update(1)
+            bar.close()
             history["train"].append(distributed.average({k: v / max(n, 1) for k, v in sums.items()}))
             if val_loader is not None:
                 history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device, cfg.max_batches))

@@ -28,3 +28,38 @@ def test_one_process_draws_the_pinned_order():
     assert batches(0, 1) == [[5, 6, 1, 2], [0, 8, 9, 3], [7, 4]]
     assert batches(1, 0) == [[7, 6, 9, 0], [5, 2, 1, 4], [3, 8]]
     assert batches(0, 0) == batches(0, 0)                     # seeded by (seed, epoch), not by what ran before
+
+
+def test_fit_frees_its_dataset_without_a_garbage_collection(smoke_ds, tmp_path, monkeypatch):
+    """Found 2026-12-06 (README, Known issues): Jupyter's progress bar (`tqdm.notebook`) is a reference cycle, and
+    handed the loader it kept every training's cached FaceDataset (about 1 GB at the default preset) alive until a
+    full garbage collection, which a notebook kernel holding many long-lived objects rarely runs: notebook 05's
+    kernel grew to 24 GB. With the collector off, nothing of a finished `fit` may stay alive."""
+    import gc
+    import weakref
+
+    import tqdm.auto
+    import tqdm.notebook
+
+    from mtk import recipes, train
+    alive = []
+
+    class Tracked(train.FaceDataset):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            alive.append(weakref.ref(self))
+
+    monkeypatch.setattr(train, "FaceDataset", Tracked)
+    monkeypatch.setattr(tqdm.auto, "tqdm", tqdm.notebook.tqdm)          # what a Jupyter kernel's tqdm.auto gives
+    r = recipes.memorytalker("smoke", smoke_ds, progress=False)
+    model = recipes.build(r, smoke_ds)
+    cfg = TrainConfig(stage=1, epochs=2, batch_size=4, seed=0)
+    gc.collect()
+    gc.disable()
+    try:
+        train.fit(model, smoke_ds.sequences("train")[:8], cfg, tmp_path / "stage1", len(smoke_ds.train_subjects),
+                  val=smoke_ds.sequences("val")[:2], progress=True)
+        assert len(alive) == 2                                          # the training set and the validation set
+        assert [w() for w in alive] == [None, None], "a finished fit still holds its datasets"
+    finally:
+        gc.enable()
