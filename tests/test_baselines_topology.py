@@ -181,6 +181,21 @@ def test_pca_head_reconstructs_within_its_explained_variance(smoke_ds):
     assert fit_pca(seqs, 3, 10 ** 6)["explained"] < 0.99
 
 
+def test_unitalker_inits_the_same_with_or_without_its_cached_pca(smoke_ds, monkeypatch, tmp_path):
+    """Found 2026-12-06: `fit_pca` re-seeded torch's global generator, so a model built while its PCA was fitted
+    (a fresh machine) drew other initial weights than one built from the PCA cached in data/unitalker-pca/ (any
+    later build): the same recipe trained two UniTalkers depending on what was on disk."""
+    import mtk.baselines.unitalker as uni_mod
+    monkeypatch.setattr(uni_mod, "data_dir", lambda: tmp_path)             # an empty PCA cache
+    states = []
+    for _ in range(2):                                                     # fitted and cached, then loaded
+        torch.manual_seed(0)
+        m = UniTalker.from_dataset(UniTalkerConfig.smoke(smoke_ds.template.V * 3), smoke_ds)
+        states.append(m.state_dict())
+    assert list((tmp_path / "unitalker-pca").iterdir())
+    assert [k for k in states[0] if not torch.equal(states[0][k], states[1][k])] == []
+
+
 def test_unitalker_pivot_for_unseen_speakers_and_training_ids_on_request(uni, smoke_ds):
     test = make_batch(smoke_ds, "test", idx=(0, 1))
     train = make_batch(smoke_ds, idx=(0, 7))

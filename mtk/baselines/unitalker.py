@@ -200,8 +200,9 @@ def fit_pca(sequences: list[Sequence], pca_dim: int, max_frames: int = 4000, see
     mean = X.mean(0)
     Xc = X - mean
     P = min(pca_dim, *Xc.shape)
-    torch.manual_seed(seed)
-    _, S, Vt = torch.svd_lowrank(Xc, q=min(P + 10, *Xc.shape), niter=4)
+    with torch.random.fork_rng(devices=[]):         # seeded here, and torch's global generator left as it was: the
+        torch.manual_seed(seed)                     # model built after the head inits the same with or without a
+        _, S, Vt = torch.svd_lowrank(Xc, q=min(P + 10, *Xc.shape), niter=4)   # cached PCA (`dataset_pca`)
     basis = Vt.T[:P]                                                          # (P, D)
     coef = Xc @ basis.T
     return {"basis": basis, "mean": mean,
