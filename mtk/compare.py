@@ -123,14 +123,19 @@ def seeded(recipe, seed: int):
 
 
 def run(preset: str, dataset, methods=None, progress: bool = True, seeds: int = 1,
-        ceiling: bool = False, audio=None) -> list[MethodResult]:
+        ceiling: bool = False, audio=None, val_every: int = 0) -> list[MethodResult]:
     """Train (or load) and evaluate every method; returns one MethodResult each, in METHODS order.
 
     seeds: how many seeds the `SEEDED` methods are trained with (the others: one). MemoryTalker also gives
     its stage-1 row (`STAGE1_ROW`). ceiling: add the `CEILING_ROWS` (`mtk.ceiling`, fitted on each seed's
     stage-1 model; SynthVOCA or any dataset with reference sentences). audio: one speech encoder for every
     method (an `AudioConfig`, e.g. `AudioConfig.whisper_tiny_en()`) instead of the preset's; the methods'
-    other settings and budgets are unchanged, so the table compares encoders at the same budget."""
+    other settings and budgets are unchanged, so the table compares encoders at the same budget.
+    val_every: how often each training computes its validation loss (`TrainConfig.val_every`); by default after
+    its last epoch only. The table needs the trained weights, not the loss curves, and the weights are the
+    same either way (`train.validation`); at the default preset per-epoch validation cost about 190 s of
+    notebook 04 (docs/performance.md). A run trained here and loaded by a notebook that draws its curve (02,
+    03) shows the validation points it has."""
     if seeds < 1:
         raise ValueError(f"seeds = {seeds}: expected at least 1")
     unknown = [m for m in (methods or ()) if m not in METHODS]
@@ -141,7 +146,7 @@ def run(preset: str, dataset, methods=None, progress: bool = True, seeds: int = 
     for name in methods or METHODS:
         style, make = METHODS[name]
         t0 = time.time()
-        recipe = make(preset, dataset, **kw)
+        recipe = recipes.validating(make(preset, dataset, **kw), val_every)
         if name in SEEDED:
             out += _run_seeded(name, style, recipe, preset, dataset, seeds, ceiling, progress)
             if progress:

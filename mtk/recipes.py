@@ -242,6 +242,14 @@ def on_device(recipe: Recipe, device: str) -> Recipe:
                    shares_stage1=recipe.shares_stage1 and on_device(recipe.shares_stage1, device))
 
 
+def validating(recipe: Recipe, val_every: int) -> Recipe:
+    """The same recipe (the same run folder: `TrainConfig.val_every` is not part of its key, and the weights do
+    not depend on it) validating after every val_every-th epoch and the last (0: the last only)."""
+    return replace(recipe, stage1=replace(recipe.stage1, val_every=val_every),
+                   stage2=recipe.stage2 and replace(recipe.stage2, val_every=val_every),
+                   shares_stage1=recipe.shares_stage1 and validating(recipe.shares_stage1, val_every))
+
+
 def requested_device(device: str | None = None, recipe: Recipe | None = None) -> tuple[str, str]:
     """(where the setting comes from, the device asked for): `device`, else MTK_DEVICE, else the recipe's."""
     if device:

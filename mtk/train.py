@@ -4,8 +4,8 @@ A model plugs in by providing
     forward(batch, stage) -> {"loss": scalar, "<term>": scalar, ...}
     stage_parameters(stage) -> the parameters this stage trains
 and `fit` does the rest: padded batches from `data.collate`, Adam, tqdm progress
-bars, a validation loss per epoch, loss curves, a checkpoint written atomically
-after every epoch, and resuming from it after an interruption.
+bars, a validation loss per epoch (or every few: `TrainConfig.val_every`), loss curves,
+a checkpoint written atomically after every epoch, and resuming from it after an interruption.
 
 MemoryTalker's released schedule (`memorytalker.md` 2.3): stage 1 Adam 1e-4,
 stage 2 Adam 5e-5 (only the style encoder trains), 100 epochs each, batch 1.
@@ -50,13 +50,19 @@ class TrainConfig(Config):
     bucket: bool = False                  # batches of clips of similar length (`length_batches`): less padding,
                                           # but not exact (see docs/performance.md), so off by default
     normalize_loss: bool = True           # divide the loss by motion_scale^2 before backward (see `loss_scale`)
+    val_every: int = 1                    # the validation loss after every val_every-th epoch and after the last
+                                          # (0: after the last only); reporting only, so not part of the identity
 
     def identity_dict(self) -> dict:
         """The config as a run's key hashes it. The device is not part of it: the same recipe trained on a
         GPU is the same model (up to floating-point order), so a run trained on one device is found and
         resumed on another. It is hashed as "cpu", the value every key made before the device could be
-        chosen holds, so those runs (and the shipped model's identity) stay valid."""
-        return {**self.to_dict(), "device": "cpu"}
+        chosen holds, so those runs (and the shipped model's identity) stay valid. Nor is `val_every`: the
+        validation loss is computed in eval mode without gradients or random draws, so how often it runs
+        does not change the trained weights (tests/test_train.py checks every method bit for bit)."""
+        d = {**self.to_dict(), "device": "cpu"}
+        d.pop("val_every")
+        return d
 
     @classmethod
     def paper(cls, stage: int, **kw) -> "TrainConfig":
@@ -406,8 +412,8 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                 bar.update(1)
             bar.close()
             history["train"].append(distributed.average({k: v / max(n, 1) for k, v in sums.items()}))
-            if val_loader is not None:
-                history["val"].append(evaluate_loss(model, val_loader, cfg.stage, device, cfg.max_batches))
+            if val_loader is not None and (v := validation(model, val_loader, cfg, epoch, device)) is not None:
+                history["val"].append(v)
             history["seconds"].append(time.time() - t0)
             if rank == 0:                                            # written once; the others wait for it
                 checkpoint.save_training_state(ckpt, model, opt, {
@@ -416,7 +422,7 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
             distributed.barrier()
             if progress:
                 msg = f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
-                if history["val"]:
+                if history["val"] and val_epochs(history)[-1] == epoch + 1:
                     msg += f", val mse {history['val'][-1]['mse']:.4e}"
                 left = (cfg.epochs - epoch - 1) * float(np.mean(history["seconds"][start:]))
                 eta = f"; about {_duration(left)} left in this stage" if left > 0 else ""
@@ -432,6 +438,30 @@ def _duration(seconds: float) -> str:
         return f"{seconds:.0f} s"
     m = int(round(seconds / 60))
     return f"{m // 60} h {m % 60} min" if m >= 60 else f"{m} min"
+
+
+def validates(cfg: TrainConfig, epoch: int) -> bool:
+    """Whether training validates after `epoch` (0-based): every `cfg.val_every`-th epoch and the last."""
+    return epoch + 1 == cfg.epochs or (cfg.val_every > 0 and (epoch + 1) % cfg.val_every == 0)
+
+
+def validation(model, loader, cfg: TrainConfig, epoch: int, device) -> dict | None:
+    """history["val"]'s entry after `epoch` (0-based), {"epoch": 1-based, "mse", "vel"} (`evaluate_loss`), or
+    None if `validates` says this epoch does not validate. Validating draws one number from torch's global
+    generator (a DataLoader's iterator takes its base seed from it, even without workers), and the next
+    epoch's dropout masks follow from that generator; so a skipped validation makes the same draw, and the
+    trained weights are the same whether or not validation ran (every run trained before `val_every`
+    validated after every epoch). Nothing else in validation is random or changes the model."""
+    if not validates(cfg, epoch):
+        iter(loader)                                   # the base-seed draw, nothing else
+        return None
+    return {"epoch": epoch + 1, **evaluate_loss(model, loader, cfg.stage, device, cfg.max_batches)}
+
+
+def val_epochs(history: dict) -> list[int]:
+    """The epochs (1-based) history["val"]'s entries were measured after. Runs trained before `val_every`
+    existed validated after every epoch and did not record it."""
+    return [v.get("epoch", i + 1) for i, v in enumerate(history["val"])]
 
 
 @torch.no_grad()

@@ -1,7 +1,9 @@
 """`train.fit`'s data order is pinned: a change to how batches are drawn changes every trained model."""
+import pytest
 import torch
 
-from mtk.train import TrainConfig, epoch_loader
+from mtk import compare
+from mtk.train import TrainConfig, epoch_loader, fit, val_epochs
 
 
 class Items(torch.utils.data.Dataset):
@@ -63,3 +65,40 @@ def test_fit_frees_its_dataset_without_a_garbage_collection(smoke_ds, tmp_path, 
         assert [w() for w in alive] == [None, None], "a finished fit still holds its datasets"
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("method", list(compare.METHODS))
+def test_how_often_training_validates_does_not_change_the_weights(smoke_ds, tmp_path, method):
+    """`TrainConfig.val_every` is not part of a run's key (notebook 04 validates only after each training's last
+    epoch, notebooks 02-03 after every epoch, and they share runs), so validating must leave the training
+    untouched: every method, every stage, bit for bit, with and without a validation between two epochs."""
+    from dataclasses import replace
+
+    from mtk import recipes
+    from mtk.audio import AudioConfig
+    from mtk.baselines import unitalker
+    recipe = compare.METHODS[method][1]("smoke", smoke_ds, progress=False, audio=AudioConfig.smoke())
+    train, val, n = smoke_ds.sequences("train")[:16], smoke_ds.sequences("val")[:2], len(smoke_ds.train_subjects)
+    stages = [s for s in (recipe.stage1, recipe.stage2) if s is not None]
+
+    def trained(val_every: int):
+        torch.manual_seed(0)
+        model = recipes.build(recipe, smoke_ds)
+        histories = []
+        for cfg in stages:
+            cfg = replace(cfg, epochs=2, max_batches=2, val_every=val_every)
+            ckpt = tmp_path / f"every{val_every}" / f"stage{cfg.stage}"
+            if recipe.trainer is not None:                      # UniTalker's own loop (here on one dataset)
+                histories.append(unitalker.fit(model, [(train, n)], cfg, ckpt, val, n, progress=False))
+            else:
+                histories.append(fit(model, train, cfg, ckpt, n, val, progress=False))
+        return model.state_dict(), histories
+
+    every, h_every = trained(1)
+    last, h_last = trained(0)
+    assert [val_epochs(h) for h in h_every] == [[1, 2]] * len(stages)
+    assert [val_epochs(h) for h in h_last] == [[2]] * len(stages)
+    assert [h["val"][-1] for h in h_every] == [h["val"][-1] for h in h_last]
+    assert every.keys() == last.keys()
+    differ = [k for k in every if not torch.equal(every[k], last[k])]
+    assert not differ, f"{method}: validating after epoch 1 changed {differ[:5]}"
