@@ -102,3 +102,39 @@ def test_how_often_training_validates_does_not_change_the_weights(smoke_ds, tmp_
     assert every.keys() == last.keys()
     differ = [k for k in every if not torch.equal(every[k], last[k])]
     assert not differ, f"{method}: validating after epoch 1 changed {differ[:5]}"
+
+
+
+def test_training_loops_make_one_iterator_per_loader_and_epoch(smoke_ds, tmp_path, monkeypatch):
+    """Found 2026-12-06: `tqdm.auto`'s bar, handed a loader, makes an iterator of it when it is built, and every
+    DataLoader iterator draws a seed (from the loader's generator, else torch's global one). So until eeea661
+    `fit` drew one extra number from the global generator per epoch (shifting the dropout masks) and the phoneme
+    pretraining one from its shuffling generator (another clip order): the same code gave other models once the
+    bar was given a count instead. `fit` must also train on exactly the batches `epoch_loader` draws."""
+    from mtk import audio, recipes
+    made = []
+    real_iter = torch.utils.data.DataLoader.__iter__
+
+    def counting(loader):
+        made.append(loader)
+        return real_iter(loader)
+
+    r = recipes.memorytalker("smoke", smoke_ds, progress=False)
+    model = recipes.build(r, smoke_ds)
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", counting)
+    train, val = smoke_ds.sequences("train")[:10], smoke_ds.sequences("val")[:2]
+    seen = []
+    forward = model.forward
+
+    def recording(batch, stage=1):
+        seen.append(list(batch["name"]))
+        return forward(batch, stage=stage)
+
+    model.forward = recording
+    fit(model, train, TrainConfig(stage=1, epochs=2, batch_size=4, seed=0), tmp_path / "s1",
+        len(smoke_ds.train_subjects), val=val, progress=True)
+    assert len(made) == 4                                   # per epoch: the training loader, the validation loader
+    assert seen == [[train[i].name for i in b] for e in (0, 1) for b in batches(0, e)]
+    made.clear()
+    audio.pretrain_on_phonemes(smoke_ds, audio.AudioConfig.smoke(), tmp_path / "enc", epochs=1, progress=True)
+    assert len(made) == 1                                   # one shuffled loader per epoch (validation batches by hand)
