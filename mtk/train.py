@@ -58,8 +58,9 @@ class TrainConfig(Config):
         GPU is the same model (up to floating-point order), so a run trained on one device is found and
         resumed on another. It is hashed as "cpu", the value every key made before the device could be
         chosen holds, so those runs (and the shipped model's identity) stay valid. Nor is `val_every`: the
-        validation loss is computed in eval mode without gradients or random draws, so how often it runs
-        does not change the trained weights (tests/test_train.py checks every method bit for bit)."""
+        validation loss is computed in eval mode without gradients, and a skipped validation makes the one
+        random draw a validation makes (`validation`), so how often it runs does not change the trained weights
+        (tests/test_train.py checks every method bit for bit)."""
         d = {**self.to_dict(), "device": "cpu"}
         d.pop("val_every")
         return d
@@ -451,7 +452,8 @@ def validation(model, loader, cfg: TrainConfig, epoch: int, device) -> dict | No
     generator (a DataLoader's iterator takes its base seed from it, even without workers), and the next
     epoch's dropout masks follow from that generator; so a skipped validation makes the same draw, and the
     trained weights are the same whether or not validation ran (every run trained before `val_every`
-    validated after every epoch). Nothing else in validation is random or changes the model."""
+    validated after every epoch). Nothing else in validation is random, and what it does change in a model
+    (ScanTalk clamps its diffusion times in every forward) the next training step changes alike."""
     if not validates(cfg, epoch):
         iter(loader)                                   # the base-seed draw, nothing else
         return None
