@@ -235,19 +235,23 @@ def build(recipe: Recipe, dataset):
     return recipe.model_class.from_dataset(recipe.model, dataset)
 
 
+def with_training(recipe: Recipe, **changes) -> Recipe:
+    """The same recipe with `changes` to every stage's TrainConfig (its shared stage 1's too). Only for fields
+    outside a run's key (`TrainConfig.identity_dict`: device, val_every), so the run folder stays the same."""
+    return replace(recipe, stage1=replace(recipe.stage1, **changes),
+                   stage2=recipe.stage2 and replace(recipe.stage2, **changes),
+                   shares_stage1=recipe.shares_stage1 and with_training(recipe.shares_stage1, **changes))
+
+
 def on_device(recipe: Recipe, device: str) -> Recipe:
     """The same recipe (the same run folder: the device is not part of its key) training on `device`."""
-    return replace(recipe, stage1=replace(recipe.stage1, device=device),
-                   stage2=recipe.stage2 and replace(recipe.stage2, device=device),
-                   shares_stage1=recipe.shares_stage1 and on_device(recipe.shares_stage1, device))
+    return with_training(recipe, device=device)
 
 
 def validating(recipe: Recipe, val_every: int) -> Recipe:
     """The same recipe (the same run folder: `TrainConfig.val_every` is not part of its key, and the weights do
     not depend on it) validating after every val_every-th epoch and the last (0: the last only)."""
-    return replace(recipe, stage1=replace(recipe.stage1, val_every=val_every),
-                   stage2=recipe.stage2 and replace(recipe.stage2, val_every=val_every),
-                   shares_stage1=recipe.shares_stage1 and validating(recipe.shares_stage1, val_every))
+    return with_training(recipe, val_every=val_every)
 
 
 def requested_device(device: str | None = None, recipe: Recipe | None = None) -> tuple[str, str]:

@@ -413,8 +413,9 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
                 bar.update(1)
             bar.close()
             history["train"].append(distributed.average({k: v / max(n, 1) for k, v in sums.items()}))
-            if val_loader is not None and (v := validation(model, val_loader, cfg, epoch, device)) is not None:
-                history["val"].append(v)
+            val_loss = validation(model, val_loader, cfg, epoch, device) if val_loader is not None else None
+            if val_loss is not None:
+                history["val"].append(val_loss)
             history["seconds"].append(time.time() - t0)
             if rank == 0:                                            # written once; the others wait for it
                 checkpoint.save_training_state(ckpt, model, opt, {
@@ -423,7 +424,7 @@ def fit(model: torch.nn.Module, train: list[Sequence], cfg: TrainConfig, ckpt: s
             distributed.barrier()
             if progress:
                 msg = f"stage {cfg.stage} epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
-                if history["val"] and val_epochs(history)[-1] == epoch + 1:
+                if val_loss is not None:
                     msg += f", val mse {history['val'][-1]['mse']:.4e}"
                 left = (cfg.epochs - epoch - 1) * float(np.mean(history["seconds"][start:]))
                 eta = f"; about {_duration(left)} left in this stage" if left > 0 else ""

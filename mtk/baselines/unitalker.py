@@ -80,7 +80,7 @@ from ..recipes import build, dataset_key, method_recipe
 from ..synthvoca import SynthConfig, generate
 from .. import checkpoint
 from ..train import (TrainConfig, check_finite, config_hash, resolve_device, seed_everything,
-                     to_device, trainable_only, val_epochs, validation)
+                     to_device, trainable_only, validation)
 
 
 def second_dataset_config(preset: str) -> dict:
@@ -471,15 +471,16 @@ def fit(model: UniTalker, datasets: list[tuple[list[Sequence], int]], cfg: Train
                     sums[k], counts[k] = sums.get(k, 0.0) + v, counts.get(k, 0) + 1
                 bar.set_postfix(loss=f"{sums['loss'] / counts['loss']:.3e}")
             history["train"].append({k: v / counts[k] for k, v in sums.items()})
-            if val_loader is not None and (v := validation(model, val_loader, cfg, epoch, device)) is not None:
-                history["val"].append(v)
+            val_loss = validation(model, val_loader, cfg, epoch, device) if val_loader is not None else None
+            if val_loss is not None:
+                history["val"].append(val_loss)
             history["seconds"].append(time.time() - t0)
             checkpoint.save_training_state(ckpt_path, model, opt, {
                 "key": key, "epoch": epoch + 1, "history": history, "train_config": cfg.to_dict(),
                 "model_config": model.cfg.to_dict()})
             if progress:
                 msg = f"epoch {epoch + 1}/{cfg.epochs}: train loss {history['train'][-1]['loss']:.4e}"
-                if history["val"] and val_epochs(history)[-1] == epoch + 1:
+                if val_loss is not None:
                     msg += f", val mse {history['val'][-1]['mse']:.4e}"
                 print(msg + f" ({history['seconds'][-1]:.1f} s)", flush=True)
     return history
